@@ -1,0 +1,157 @@
+"""Start-up as a short list of steps, the two Tornado applications, and graceful shutdown.
+
+``serve`` runs: logging -> master key -> store -> tenant files -> registry -> listeners, and
+fails fast with one clear line when a step cannot complete. On SIGTERM or SIGINT it stops
+accepting connections, lets in-flight requests finish (bounded by
+``shutdown_timeout_seconds``) and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+from tornado.web import Application
+
+from kyc_host.crypto.master import KeyProvider, load_key_provider
+from kyc_host.services import Services
+from kyc_host.settings import PlatformSettings
+from kyc_host.store import open_store
+from kyc_host.store.base import Store
+from kyc_host.tenancy.registry import TenantRegistry
+from kyc_host.tenancy.service import TenantService, read_tenant_files
+from kyc_host.web.base import AdminNotFoundHandler, NotFoundHandler, log_request
+from kyc_host.web.routes import admin_routes, public_routes
+
+log = logging.getLogger(__name__)
+
+#: Tornado's own cap on a request body; each tenant's lower limits are enforced by handlers
+#: (Tornado answers a bare 400 above this cap, so keep it above every tenant limit).
+MAX_BODY_BYTES = 512 * 1024 * 1024
+
+
+# --- start-up steps ---
+
+
+def init_keys(settings: PlatformSettings, environ: Mapping[str, str] | None) -> KeyProvider:
+    return load_key_provider(settings.master_key_file, settings.master_key_env,
+                             dev_mode=settings.dev_mode, environ=environ)
+
+
+async def init_store(settings: PlatformSettings) -> Store:
+    store = open_store(settings.storage_url)
+    await store.start()
+    return store
+
+
+async def init_tenant_files(settings: PlatformSettings, tenants: TenantService) -> None:
+    if not settings.tenants_dir.is_dir():
+        log.warning("tenants directory %s not found; serving tenants from the store only",
+                    settings.tenants_dir)
+        return
+    docs = read_tenant_files(settings.tenants_dir)
+    for result in await tenants.apply(docs):
+        log.info("tenant %s: %s", result.tenant_id, result.action)
+
+
+async def build_services(
+    settings: PlatformSettings,
+    *,
+    environ: Mapping[str, str] | None = None,
+    apply_tenant_files: bool = True,
+) -> Services:
+    """Run the start-up steps; raises ConfigError or StoreUnavailable with a clear message."""
+    import os
+
+    env = os.environ if environ is None else environ
+    keys = init_keys(settings, env)
+    store = await init_store(settings)
+    try:
+        tenants = TenantService(store, keys, env)
+        if apply_tenant_files:
+            await init_tenant_files(settings, tenants)
+        registry = TenantRegistry(tenants, keys, settings)
+        await registry.refresh()
+    except BaseException:
+        await store.close()
+        raise
+    return Services(settings=settings, store=store, keys=keys, tenants=tenants,
+                    registry=registry)
+
+
+# --- applications ---
+
+
+def make_public_app(services: Services) -> Application:
+    return Application(
+        public_routes(),
+        services=services,
+        default_handler_class=NotFoundHandler,
+        log_function=log_request,
+        compress_response=False,
+    )
+
+
+def make_admin_app(services: Services) -> Application:
+    return Application(
+        admin_routes(),
+        services=services,
+        default_handler_class=AdminNotFoundHandler,
+        log_function=log_request,
+    )
+
+
+@dataclass
+class Server:
+    """Both listeners of one process, started on already-bound sockets."""
+
+    services: Services
+    http_servers: list[HTTPServer] = field(default_factory=list)
+
+    def start(self, public: list[socket.socket], admin: list[socket.socket]) -> None:
+        for app, sockets in ((make_public_app(self.services), public),
+                             (make_admin_app(self.services), admin)):
+            server = HTTPServer(app, max_body_size=MAX_BODY_BYTES, idle_connection_timeout=60,
+                                body_timeout=60)
+            server.add_sockets(sockets)
+            self.http_servers.append(server)
+        self.services.registry.start()
+
+    async def stop(self, grace_seconds: float) -> None:
+        """Stop accepting, wait (bounded) for in-flight requests, close everything."""
+        self.services.draining = True
+        for server in self.http_servers:
+            server.stop()
+        if not await self.services.inflight.wait_idle(grace_seconds):
+            log.warning("shutdown timeout: %d requests still in flight",
+                        self.services.inflight.count)
+        for server in self.http_servers:
+            await server.close_all_connections()
+        await self.services.registry.stop()
+        await self.services.store.close()
+
+
+async def serve(settings: PlatformSettings) -> int:
+    services = await build_services(settings)
+    public = bind_sockets(settings.public_listen.port, settings.public_listen.host)
+    admin = bind_sockets(settings.admin_listen.port, settings.admin_listen.host)
+    server = Server(services)
+    server.start(public, admin)
+    log.info("serving %d tenant(s): public http://%s, admin http://%s (backend %s)",
+             len(services.registry), settings.public_listen, settings.admin_listen,
+             services.store.backend_name)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: %d request(s) in flight", services.inflight.count)
+    await server.stop(settings.shutdown_timeout_seconds)
+    log.info("stopped")
+    return 0

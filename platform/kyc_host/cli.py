@@ -1,0 +1,195 @@
+"""The ``kyc-host`` command: serve, tenant, keys.
+
+Exit codes: 0 success; 1 a runtime failure (store unreachable, ...); 2 bad settings, bad tenant
+file or bad usage. Errors are one line on stderr that names what is wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from kyc_host.errors import ConfigError
+from kyc_host.logs import setup_logging
+from kyc_host.settings import PlatformSettings, default_config_path, load_settings
+from kyc_host.store.base import StoreError
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    """Options every command that opens the store accepts."""
+    parser.add_argument("--config", type=Path, help="settings file (default: config/kyc-host.toml"
+                        " if present)")
+    parser.add_argument("--storage-url", help="sqlite:///path or mongodb://host/db")
+    parser.add_argument("--master-key-file", help="platform master key file")
+    parser.add_argument("--dev", action="store_true", default=None,
+                        help="development mode (creates a missing master key)")
+    parser.add_argument("--log-level", help="debug, info, warning or error")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kyc-host", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the server")
+    _common(serve)
+    serve.add_argument("--public-listen", help="HOST:PORT of the wallet-facing listener")
+    serve.add_argument("--admin-listen", help="HOST:PORT of the management listener")
+    serve.add_argument("--tenants-dir", help="tenant files applied at start")
+    serve.add_argument("--plugins-dir", help="where tenant plugins are found")
+    serve.set_defaults(run=_serve)
+
+    tenant = commands.add_parser("tenant", help="manage tenants").add_subparsers(
+        dest="tenant_command", required=True, metavar="ACTION")
+    apply = tenant.add_parser("apply", help="validate and apply a tenant file or directory")
+    _common(apply)
+    apply.add_argument("path", type=Path)
+    apply.set_defaults(run=_tenant_apply)
+    listing = tenant.add_parser("list", help="list tenants in the store")
+    _common(listing)
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.set_defaults(run=_tenant_list)
+    for action in ("suspend", "resume"):
+        sub = tenant.add_parser(action, help=f"{action} a tenant (503 on its hosts)")
+        _common(sub)
+        sub.add_argument("tenant_id")
+        sub.set_defaults(run=_tenant_status, status="suspended" if action == "suspend"
+                         else "active")
+
+    keys = commands.add_parser("keys", help="platform keys").add_subparsers(
+        dest="keys_command", required=True, metavar="ACTION")
+    gen = keys.add_parser("generate-master", help="write a new master key file (never overwrites)")
+    gen.add_argument("--file", type=Path, default=Path(".kyc-host/master.key"))
+    gen.set_defaults(run=_generate_master)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> PlatformSettings:
+    overrides = {
+        key: getattr(args, attr, None)
+        for key, attr in (("storage_url", "storage_url"), ("master_key_file", "master_key_file"),
+                          ("dev_mode", "dev"), ("log_level", "log_level"),
+                          ("public_listen", "public_listen"), ("admin_listen", "admin_listen"),
+                          ("tenants_dir", "tenants_dir"), ("plugins_dir", "plugins_dir"))
+    }
+    config = args.config if args.config is not None else default_config_path()
+    return load_settings(config, overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    run: Callable[[argparse.Namespace], int] = args.run
+    try:
+        return run(args)
+    except ConfigError as exc:
+        print(f"kyc-host: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except StoreError as exc:
+        print(f"kyc-host: store unavailable: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+
+
+def _run(coro: Awaitable[int]) -> int:
+    async def wrapper() -> int:
+        return await coro
+
+    return asyncio.run(wrapper())
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from kyc_host.app import serve
+
+    settings = _settings(args)
+    setup_logging(settings.log_level)
+    return _run(serve(settings))
+
+
+async def _with_services(args: argparse.Namespace, apply_files: bool = False) -> Any:
+    from kyc_host.app import build_services
+
+    settings = _settings(args)
+    setup_logging(settings.log_level if args.log_level else "WARNING")
+    return await build_services(settings, apply_tenant_files=apply_files)
+
+
+def _tenant_apply(args: argparse.Namespace) -> int:
+    from kyc_host.tenancy.service import read_tenant_files
+
+    docs = read_tenant_files(args.path)  # validate everything before opening the store
+
+    async def go() -> int:
+        services = await _with_services(args)
+        try:
+            for result in await services.tenants.apply(docs):
+                print(f"{result.tenant_id}: {result.action}")
+        finally:
+            await services.store.close()
+        return 0
+
+    return _run(go())
+
+
+def _tenant_list(args: argparse.Namespace) -> int:
+    async def go() -> int:
+        services = await _with_services(args)
+        try:
+            rows = []
+            for record in await services.tenants.list_all():
+                tenant = services.registry.get(record["_id"])
+                rows.append({
+                    "id": record["_id"], "status": record["status"],
+                    "hosts": record["config"].get("hosts", []),
+                    "manager": record["manager"],
+                    "signing_key": tenant.secrets.signing_keypair.public_key if tenant else None,
+                })
+        finally:
+            await services.store.close()
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        elif not rows:
+            print("no tenants")
+        else:
+            for row in rows:
+                print(f"{row['id']:<20} {row['status']:<10} {','.join(row['hosts']):<40} "
+                      f"{row['signing_key']}  ({row['manager']})")
+        return 0
+
+    return _run(go())
+
+
+def _tenant_status(args: argparse.Namespace) -> int:
+    async def go() -> int:
+        services = await _with_services(args)
+        try:
+            found = await services.tenants.set_status(args.tenant_id, args.status)
+        finally:
+            await services.store.close()
+        if not found:
+            print(f"kyc-host: no tenant {args.tenant_id!r}", file=sys.stderr)
+            return EXIT_FAILURE
+        print(f"{args.tenant_id}: {args.status}")
+        return 0
+
+    return _run(go())
+
+
+def _generate_master(args: argparse.Namespace) -> int:
+    from kyc_host.crypto.master import write_new_key_file
+
+    try:
+        write_new_key_file(args.file)
+    except FileExistsError:
+        print(f"kyc-host: {args.file} exists; refusing to overwrite a master key",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"wrote a new master key to {args.file} (mode 0600); back it up")
+    return 0

@@ -1,0 +1,1 @@
+"""Envelope encryption: the master key wraps tenant secrets; AES-256-GCM for data."""

@@ -1,0 +1,104 @@
+"""One error family for everything a client can see.
+
+Handlers and services *raise* these; ``BaseHandler.write_error`` renders them once as
+``{"error": public_message}``. ``log_detail`` goes to the log only. Any other exception
+becomes a generic 500: its text never reaches a client (it may hold PII or internals).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import ClassVar
+
+
+class ApiError(Exception):
+    """An error with an HTTP status and a message that is safe to show to the client."""
+
+    status: ClassVar[int] = 500
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        log_detail: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.log_detail = log_detail
+        self.headers: Mapping[str, str] = headers or {}
+
+
+class BadRequest(ApiError):
+    status = 400
+
+
+class Unauthorized(ApiError):
+    status = 401
+
+
+class Forbidden(ApiError):
+    status = 403
+
+
+class NotFound(ApiError):
+    status = 404
+
+
+class Conflict(ApiError):
+    status = 409
+
+
+class PayloadTooLarge(ApiError):
+    status = 413
+
+
+class UnsupportedMediaType(ApiError):
+    status = 415
+
+
+class TooManyRequests(ApiError):
+    status = 429
+
+
+class ServiceUnavailable(ApiError):
+    """The platform (or a dependency such as the store) cannot serve right now; retry later."""
+
+    status = 503
+
+    def __init__(
+        self,
+        message: str = "service temporarily unavailable",
+        *,
+        log_detail: str | None = None,
+        retry_after: int = 5,
+    ) -> None:
+        super().__init__(message, log_detail=log_detail, headers={"Retry-After": str(retry_after)})
+
+
+class BadGateway(ApiError):
+    """An upstream we depend on (Horizon, a wallet's server) answered wrongly."""
+
+    status = 502
+
+
+class ConfigError(Exception):
+    """A settings or tenant document is invalid.
+
+    ``str()`` is one line naming the source (file or API), the key and the offending value,
+    so an operator can fix it without reading code.
+    """
+
+    def __init__(self, source: str, key: str, problem: str, value: object = None) -> None:
+        self.source = source
+        self.key = key
+        self.problem = problem
+        self.value = value
+        shown = "" if value is None else f" (got {_short_repr(value)})"
+        where = f"{source}: {key}" if key else source
+        super().__init__(f"{where}: {problem}{shown}")
+
+
+def _short_repr(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

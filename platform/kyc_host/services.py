@@ -1,0 +1,53 @@
+"""The long-lived objects a process builds at start and hands to every handler.
+
+Handlers reach them through ``BaseHandler.services`` (Tornado application settings), never
+through module globals, so tests can run several independent servers in one process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from kyc_host.crypto.master import KeyProvider
+from kyc_host.settings import PlatformSettings
+from kyc_host.store.base import Store
+from kyc_host.tenancy.registry import TenantRegistry
+from kyc_host.tenancy.service import TenantService
+
+
+class Inflight:
+    """Requests being served now; graceful shutdown waits until there are none."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._idle.set()
+
+    async def wait_idle(self, grace_seconds: float) -> bool:
+        """True once no request is in flight, False if ``grace_seconds`` passed first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace_seconds)
+        except TimeoutError:
+            return False
+        return True
+
+
+@dataclass
+class Services:
+    settings: PlatformSettings
+    store: Store
+    keys: KeyProvider
+    tenants: TenantService
+    registry: TenantRegistry
+    inflight: Inflight = field(default_factory=Inflight)
+    draining: bool = False

@@ -1,0 +1,210 @@
+"""Platform settings: declared once, read from ``config/kyc-host.toml``, env and flags.
+
+Precedence, lowest first: built-in defaults < the config file < ``KYC_HOST_<KEY>`` environment
+variables < command-line flags. Every key is declared once below with its type, default and
+help; unknown keys and bad values raise :class:`ConfigError` naming the file, key and value.
+Relative paths are resolved against the working directory the server is started from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from kyc_host.errors import ConfigError
+
+ENV_PREFIX = "KYC_HOST_"
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class PlatformSettings:
+    """Validated, frozen platform settings. Build with :func:`load_settings`."""
+
+    public_listen: Listen
+    admin_listen: Listen
+    storage_url: str
+    master_key_file: Path
+    master_key_env: str
+    tenants_dir: Path
+    plugins_dir: Path
+    dev_mode: bool
+    tenant_refresh_seconds: float
+    shutdown_timeout_seconds: float
+    log_level: str
+    source: str = "defaults"
+
+    @property
+    def public_port(self) -> int:
+        return self.public_listen.port
+
+
+# --- value parsers: each takes the raw value and returns the typed one or raises ValueError ---
+
+
+def _parse_listen(raw: object) -> Listen:
+    if not isinstance(raw, str):
+        raise ValueError("expected a string HOST:PORT")
+    match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d{1,5})|([^:\[\]\s]+):(\d{1,5})", raw)
+    if not match:
+        raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:8000 or [::1]:8000")
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    if port > 65535:
+        raise ValueError("port must be 0..65535")
+    return Listen(host, port)
+
+
+def _parse_storage_url(raw: object) -> str:
+    if not isinstance(raw, str):
+        raise ValueError("expected a string")
+    scheme = urlsplit(raw).scheme
+    if scheme == "sqlite":
+        if not raw.startswith("sqlite:///") or raw == "sqlite:///":
+            raise ValueError("expected sqlite:///relative/path or sqlite:////absolute/path")
+        return raw
+    if scheme in ("mongodb", "mongodb+srv"):
+        return raw
+    raise ValueError("expected a sqlite:/// or mongodb:// URL")
+
+
+def _parse_path(raw: object) -> Path:
+    if not isinstance(raw, str) or not raw:
+        raise ValueError("expected a non-empty path string")
+    return Path(raw)
+
+
+def _parse_bool(raw: object) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.lower() in ("1", "true", "yes", "on",
+                                                "0", "false", "no", "off"):
+        return raw.lower() in ("1", "true", "yes", "on")
+    raise ValueError("expected true or false")
+
+
+def _positive_float(raw: object) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+        raise ValueError("expected a number")
+    value = float(raw)
+    if not 0 < value < 3600:
+        raise ValueError("expected a number of seconds between 0 and 3600")
+    return value
+
+
+def _parse_env_name(raw: object) -> str:
+    if not isinstance(raw, str) or not re.fullmatch(r"[A-Z_][A-Z0-9_]*", raw):
+        raise ValueError("expected an environment variable name like KYC_HOST_MASTER_KEY")
+    return raw
+
+
+def _parse_log_level(raw: object) -> str:
+    if not isinstance(raw, str) or raw.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError("expected one of debug, info, warning, error")
+    return raw.upper()
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    key: str
+    parse: Callable[[object], Any]
+    default: object
+    help: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("public_listen", _parse_listen, "127.0.0.1:8000",
+            "Address of the wallet-facing listener (tenant hosts: SEP-1, SEP-10, SEP-12)."),
+    Setting("admin_listen", _parse_listen, "127.0.0.1:8001",
+            "Address of the management listener (health, readiness, management API)."),
+    Setting("storage_url", _parse_storage_url, "sqlite:///.kyc-host/store.db",
+            "sqlite:///path (embedded, the default) or mongodb://host/dbname (production)."),
+    Setting("master_key_file", _parse_path, ".kyc-host/master.key",
+            "File holding the platform master key; used when the env variable below is unset."),
+    Setting("master_key_env", _parse_env_name, "KYC_HOST_MASTER_KEY",
+            "Name of the environment variable that may hold the master key instead of the file."),
+    Setting("tenants_dir", _parse_path, "tenants",
+            "Directory of tenant TOML files that `kyc-host serve` applies at start."),
+    Setting("plugins_dir", _parse_path, "plugins",
+            "Directory searched for tenant plugin modules."),
+    Setting("dev_mode", _parse_bool, False,
+            "Development mode: creates a missing master key, serves *.localhost over http://."),
+    Setting("tenant_refresh_seconds", _positive_float, 1.0,
+            "How often each process polls the store for tenant changes."),
+    Setting("shutdown_timeout_seconds", _positive_float, 20.0,
+            "On SIGTERM, how long in-flight requests may take before the process exits."),
+    Setting("log_level", _parse_log_level, "info", "debug, info, warning or error."),
+)
+_BY_KEY = {s.key: s for s in SETTINGS}
+
+
+def load_settings(
+    config_path: Path | None,
+    overrides: Mapping[str, object] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> PlatformSettings:
+    """Build the settings from defaults, the TOML file, ``KYC_HOST_*`` env vars and overrides.
+
+    ``overrides`` are command-line values (``None`` values are ignored). Raises ConfigError.
+    """
+    raw: dict[str, tuple[object, str]] = {s.key: (s.default, "default") for s in SETTINGS}
+    source = "defaults"
+    if config_path is not None:
+        source = str(config_path)
+        for key, value in _read_toml(config_path).items():
+            if key not in _BY_KEY:
+                raise ConfigError(source, key, f"unknown setting; known: {', '.join(_BY_KEY)}")
+            raw[key] = (value, source)
+    env = os.environ if environ is None else environ
+    for setting in SETTINGS:
+        name = ENV_PREFIX + setting.key.upper()
+        if name in env:
+            raw[setting.key] = (env[name], f"environment {name}")
+    for key, value in (overrides or {}).items():
+        if key not in _BY_KEY:
+            raise ConfigError("command line", key, "unknown setting")
+        if value is not None:
+            raw[key] = (value, "command line")
+    values: dict[str, object] = {}
+    for key, (value, origin) in raw.items():
+        try:
+            values[key] = _BY_KEY[key].parse(value)
+        except ValueError as exc:
+            raise ConfigError(origin, key, str(exc), value) from None
+    return PlatformSettings(**values, source=source)  # type: ignore[arg-type]
+
+
+def _read_toml(path: Path) -> dict[str, object]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(str(path), "", "config file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), "", f"not valid TOML: {exc}") from None
+
+
+def default_config_path() -> Path | None:
+    """``config/kyc-host.toml`` under the working directory, if it exists."""
+    path = Path("config") / "kyc-host.toml"
+    return path if path.is_file() else None
+
+
+def with_overrides(settings: PlatformSettings, **changes: object) -> PlatformSettings:
+    """A copy with some fields replaced (tests and the CLI use this)."""
+    return dataclasses.replace(settings, **changes)  # type: ignore[arg-type]

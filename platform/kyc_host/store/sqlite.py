@@ -1,0 +1,333 @@
+"""The embedded SQLite backend: one file, no infrastructure.
+
+Each collection is a table ``c_<name>(tenant, id, doc)`` with the document as JSON; indexes are
+expression indexes over ``json_extract``. Every tenant-bound query carries ``tenant = ?``.
+
+SQLite calls block, so they never run on the event loop: writes go through one dedicated thread
+(one connection, ``BEGIN IMMEDIATE`` so read-modify-write is atomic across processes) and reads
+through another (WAL mode lets them run beside a write).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from kyc_host.store.base import (
+    Cmp,
+    Collection,
+    Doc,
+    DuplicateKeyError,
+    Filter,
+    SortSpec,
+    Store,
+    StoreUnavailable,
+    apply_update,
+    check_field,
+    new_doc_from_filter,
+)
+from kyc_host.store.schema import COLLECTIONS, spec_for
+
+T = TypeVar("T")
+PLATFORM = ""  # the tenant column value of platform-wide rows
+_OPS = {"lt": "<", "lte": "<=", "gt": ">", "gte": ">=", "ne": "IS NOT"}
+
+
+def _encode(doc: Mapping[str, Any] | list[Any]) -> str:
+    return json.dumps(doc, default=_encode_value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _encode_value(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return {"$bytes": base64.b64encode(value).decode()}
+    raise TypeError(f"cannot store {type(value).__name__}")
+
+
+def _decode_hook(obj: dict[str, Any]) -> Any:
+    if len(obj) == 1 and "$bytes" in obj:
+        return base64.b64decode(obj["$bytes"])
+    return obj
+
+
+def _decode(text: str) -> Doc:
+    doc: Doc = json.loads(text, object_hook=_decode_hook)
+    return doc
+
+
+def _expr(field: str) -> str:
+    if field == "_id":
+        return "id"
+    return f"json_extract(doc, '$.{check_field(field)}')"
+
+
+def _sql_value(value: Any) -> Any:
+    if isinstance(value, dict | list):
+        return _encode(value)
+    return value
+
+
+def _where(flt: Filter) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    for field, value in flt.items():
+        expr = _expr(field)
+        if isinstance(value, Cmp):
+            if value.op in ("in", "nin"):
+                if not value.value:
+                    clauses.append("0" if value.op == "in" else "1")
+                    continue
+                marks = ",".join("?" * len(value.value))
+                negate = "" if value.op == "in" else f"{expr} IS NULL OR "
+                keyword = "IN" if value.op == "in" else "NOT IN"
+                clauses.append(f"({negate}{expr} {keyword} ({marks}))")
+                params.extend(_sql_value(v) for v in value.value)
+            else:
+                clauses.append(f"{expr} {_OPS[value.op]} ?")
+                params.append(_sql_value(value.value))
+        elif value is None:
+            clauses.append(f"{expr} IS NULL")
+        elif isinstance(value, dict | list):
+            clauses.append(f"json({expr}) = json(?)")
+            params.append(_encode(value))
+        else:
+            clauses.append(f"{expr} = ?")
+            params.append(value)
+    return (" AND ".join(clauses) or "1"), params
+
+
+def _order(sort: SortSpec) -> str:
+    if not sort:
+        return ""
+    return " ORDER BY " + ", ".join(
+        f"{_expr(f)} {'ASC' if d >= 0 else 'DESC'}" for f, d in sort)
+
+
+class SqliteStore(Store):
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.path = Path(url.removeprefix("sqlite:///"))
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-write")
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="sqlite-read")
+        self._local = threading.local()
+
+    # -- connection handling (each executor thread has its own connection) --
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=4.0, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._local.conn = conn
+        return conn
+
+    async def _run(self, pool: ThreadPoolExecutor, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def call() -> T:
+            try:
+                return fn(self._conn())
+            except sqlite3.IntegrityError as exc:
+                raise DuplicateKeyError(str(exc)) from None
+            except sqlite3.OperationalError as exc:
+                # "database is locked" past the busy timeout, disk I/O errors, a vanished file.
+                raise StoreUnavailable(f"sqlite: {exc}") from None
+
+        return await asyncio.get_running_loop().run_in_executor(pool, call)
+
+    def read(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        return asyncio.ensure_future(self._run(self._reader, fn))
+
+    def write(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        def in_txn(conn: sqlite3.Connection) -> T:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+
+        return asyncio.ensure_future(self._run(self._writer, in_txn))
+
+    # -- Store --
+
+    async def start(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot create {self.path.parent}: {exc.strerror}") from None
+
+        def create(conn: sqlite3.Connection) -> None:
+            for spec in COLLECTIONS.values():
+                table = f"c_{spec.name}"
+                conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS {table} (tenant TEXT NOT NULL, id TEXT NOT NULL,"
+                    " doc TEXT NOT NULL, PRIMARY KEY (tenant, id)) WITHOUT ROWID")
+                for index in spec.indexes:
+                    cols = ", ".join(["tenant", *(_expr(f) for f in index.fields)])
+                    unique = "UNIQUE " if index.unique else ""
+                    conn.execute(f"CREATE {unique}INDEX IF NOT EXISTS {table}_{index.name}"
+                                 f" ON {table} ({cols})")
+
+        await self.write(create)
+
+    async def close(self) -> None:
+        def close_conn() -> None:
+            conn = getattr(self._local, "conn", None)
+            if conn is not None:
+                conn.close()
+                self._local.conn = None
+
+        for pool in (self._writer, self._reader):
+            await asyncio.get_running_loop().run_in_executor(pool, close_conn)
+            pool.shutdown(wait=True)
+
+    async def ping(self) -> None:
+        await self.read(lambda conn: conn.execute("SELECT 1").fetchone())
+
+    def platform(self, name: str) -> Collection:
+        return SqliteCollection(self, spec_for(name, "platform").name, PLATFORM)
+
+    def tenant(self, tenant_id: str, name: str) -> Collection:
+        if not tenant_id:
+            raise ValueError("tenant id required")
+        return SqliteCollection(self, spec_for(name, "tenant").name, tenant_id)
+
+    async def prepare_tenant(self, tenant_id: str) -> None:
+        """Nothing to do: tables and indexes are shared and were created at start."""
+
+    async def drop_tenant(self, tenant_id: str) -> None:
+        if not tenant_id:
+            raise ValueError("tenant id required")
+
+        def drop(conn: sqlite3.Connection) -> None:
+            for spec in COLLECTIONS.values():
+                if spec.scope == "tenant":
+                    conn.execute(f"DELETE FROM c_{spec.name} WHERE tenant = ?", (tenant_id,))
+
+        await self.write(drop)
+
+
+class SqliteCollection(Collection):
+    def __init__(self, store: SqliteStore, name: str, tenant: str) -> None:
+        self._store = store
+        self._table = f"c_{name}"
+        self._tenant = tenant
+
+    def _select(self, flt: Filter, what: str = "doc") -> tuple[str, list[Any]]:
+        where, params = _where(flt)
+        return (f"SELECT {what} FROM {self._table} WHERE tenant = ? AND {where}",
+                [self._tenant, *params])
+
+    async def insert_one(self, doc: Doc) -> str:
+        doc = {"_id": uuid.uuid4().hex, **doc}
+        await self._store.write(lambda conn: self._insert(conn, doc))
+        return str(doc["_id"])
+
+    def _insert(self, conn: sqlite3.Connection, doc: Doc) -> None:
+        conn.execute(f"INSERT INTO {self._table} (tenant, id, doc) VALUES (?, ?, ?)",
+                     (self._tenant, str(doc["_id"]), _encode(doc)))
+
+    async def find_one(self, flt: Filter) -> Doc | None:
+        sql, params = self._select(flt)
+        row = await self._store.read(lambda conn: conn.execute(sql + " LIMIT 1", params).fetchone())
+        return _decode(row[0]) if row else None
+
+    async def find(
+        self, flt: Filter, *, sort: SortSpec = (), limit: int | None = None
+    ) -> list[Doc]:
+        sql, params = self._select(flt)
+        sql += _order(sort)
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        rows = await self._store.read(lambda conn: conn.execute(sql, params).fetchall())
+        return [_decode(r[0]) for r in rows]
+
+    async def count(self, flt: Filter) -> int:
+        sql, params = self._select(flt, "COUNT(*)")
+        row = await self._store.read(lambda conn: conn.execute(sql, params).fetchone())
+        return int(row[0])
+
+    def _modify(
+        self,
+        conn: sqlite3.Connection,
+        flt: Filter,
+        change: Callable[[Doc], Doc],
+        upsert: bool,
+        sort: SortSpec = (),
+    ) -> Doc | None:
+        sql, params = self._select(flt, "id, doc")
+        row = conn.execute(sql + _order(sort) + " LIMIT 1", params).fetchone()
+        if row is None:
+            if not upsert:
+                return None
+            doc = change({"_id": uuid.uuid4().hex, **new_doc_from_filter(flt)})
+            self._insert(conn, doc)
+            return doc
+        doc = change(_decode(row[1]))
+        doc["_id"] = row[0]
+        conn.execute(f"UPDATE {self._table} SET doc = ? WHERE tenant = ? AND id = ?",
+                     (_encode(doc), self._tenant, row[0]))
+        return doc
+
+    async def update_one(
+        self,
+        flt: Filter,
+        *,
+        set: Mapping[str, Any] | None = None,
+        unset: Sequence[str] = (),
+        inc: Mapping[str, int] | None = None,
+        upsert: bool = False,
+    ) -> int:
+        doc = await self.find_one_and_update(flt, set=set, unset=unset, inc=inc, upsert=upsert)
+        return 0 if doc is None else 1
+
+    async def find_one_and_update(
+        self,
+        flt: Filter,
+        *,
+        set: Mapping[str, Any] | None = None,
+        unset: Sequence[str] = (),
+        inc: Mapping[str, int] | None = None,
+        upsert: bool = False,
+        sort: SortSpec = (),
+    ) -> Doc | None:
+        def change(doc: Doc) -> Doc:
+            return apply_update(doc, set, unset, inc)
+
+        return await self._store.write(lambda conn: self._modify(conn, flt, change, upsert, sort))
+
+    async def replace_one(self, flt: Filter, doc: Doc, *, upsert: bool = False) -> int:
+        def change(old: Doc) -> Doc:
+            return {**doc, "_id": old["_id"]}
+
+        found = await self._store.write(lambda conn: self._modify(conn, flt, change, upsert))
+        return 0 if found is None else 1
+
+    async def delete_one(self, flt: Filter) -> int:
+        sql, params = self._select(flt, "id")
+
+        def delete(conn: sqlite3.Connection) -> int:
+            row = conn.execute(sql + " LIMIT 1", params).fetchone()
+            if row is None:
+                return 0
+            conn.execute(f"DELETE FROM {self._table} WHERE tenant = ? AND id = ?",
+                         (self._tenant, row[0]))
+            return 1
+
+        return await self._store.write(delete)
+
+    async def delete_many(self, flt: Filter) -> int:
+        where, params = _where(flt)
+        sql = f"DELETE FROM {self._table} WHERE tenant = ? AND {where}"
+        params = [self._tenant, *params]
+        return await self._store.write(lambda conn: conn.execute(sql, params).rowcount)

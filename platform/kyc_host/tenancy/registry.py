@@ -1,0 +1,152 @@
+"""The in-process view of the tenants in the store: exact host -> Tenant.
+
+Each process loads every tenant once at start and then polls for records whose ``seq`` is
+above the highest it has seen (one indexed query that usually returns nothing), so a tenant
+applied by any process or host is served everywhere within ``tenant_refresh_seconds``.
+
+There is no default tenant: an unknown host resolves to None and the handler answers 404.
+Secrets are unwrapped lazily, on a tenant's first request, so start-up with thousands of
+tenants stays fast and idle tenants cost little memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator, Mapping
+from functools import cached_property
+from typing import Any
+
+from kyc_host.crypto.master import KeyProvider
+from kyc_host.errors import ConfigError
+from kyc_host.settings import PlatformSettings
+from kyc_host.store.base import StoreError
+from kyc_host.tenancy.schema import TenantConfig, parse_tenant
+from kyc_host.tenancy.secrets import TenantSecrets, unwrap_secrets
+from kyc_host.tenancy.service import TenantService
+
+log = logging.getLogger(__name__)
+
+
+def origin_for(host: str, settings: PlatformSettings) -> str:
+    """The public origin of a tenant host.
+
+    In dev mode ``*.localhost`` is served over plain http on the public listener's port, so
+    the demo works without TLS; everything else is https behind the operator's proxy.
+    """
+    if settings.dev_mode and (host == "localhost" or host.endswith(".localhost")):
+        port = settings.public_listen.port
+        return f"http://{host}" if port == 80 else f"http://{host}:{port}"
+    return f"https://{host}"
+
+
+class Tenant:
+    """One tenant as the request path sees it: config, derived URLs, lazily unwrapped keys."""
+
+    def __init__(self, record: Mapping[str, Any], config: TenantConfig, keys: KeyProvider,
+                 settings: PlatformSettings) -> None:
+        self.config = config
+        self.id = config.id
+        self.status: str = record["status"]
+        self.seq: int = record["seq"]
+        self.manager: str = record["manager"]
+        self._wrapped_secrets: Mapping[str, object] = record["secrets"]
+        self._keys = keys
+        self.origin = origin_for(config.hosts[0], settings)
+        #: Values derived from this tenant version (rendered toml, parsed keys); a changed
+        #: tenant is a new Tenant object, so nothing here can go stale.
+        self.cache: dict[str, Any] = {}
+
+    @property
+    def active(self) -> bool:
+        return self.status == "active"
+
+    @cached_property
+    def secrets(self) -> TenantSecrets:
+        return unwrap_secrets(self._keys, self.id, self._wrapped_secrets)
+
+    @property
+    def web_auth_endpoint(self) -> str:
+        return f"{self.origin}/auth"
+
+    @property
+    def kyc_server(self) -> str:
+        return f"{self.origin}/kyc"
+
+    @property
+    def web_auth_domain(self) -> str:
+        """Host (with port when non-default) of WEB_AUTH_ENDPOINT, as SEP-10 requires."""
+        return self.origin.split("://", 1)[1]
+
+    def __repr__(self) -> str:
+        return f"Tenant({self.id!r}, seq={self.seq}, status={self.status!r})"
+
+
+class TenantRegistry:
+    def __init__(self, service: TenantService, keys: KeyProvider,
+                 settings: PlatformSettings) -> None:
+        self._service = service
+        self._keys = keys
+        self._settings = settings
+        self._by_id: dict[str, Tenant] = {}
+        self._by_host: dict[str, Tenant] = {}
+        self._seq = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def for_host(self, host: str) -> Tenant | None:
+        """Exact, case-insensitive match; one trailing dot is ignored ("a.test." = "a.test")."""
+        return self._by_host.get(host.lower().removesuffix("."))
+
+    def get(self, tenant_id: str) -> Tenant | None:
+        return self._by_id.get(tenant_id)
+
+    def __iter__(self) -> Iterator[Tenant]:
+        return iter(list(self._by_id.values()))
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    async def refresh(self) -> int:
+        """Load records changed since the last refresh; returns how many changed."""
+        records = await self._service.changed_since(self._seq)
+        for record in records:
+            self._seq = max(self._seq, int(record["seq"]))
+            self._replace(record)
+        return len(records)
+
+    def _replace(self, record: Mapping[str, Any]) -> None:
+        tenant_id = str(record["_id"])
+        old = self._by_id.pop(tenant_id, None)
+        if old is not None:
+            for host in old.config.hosts:
+                if self._by_host.get(host) is old:
+                    del self._by_host[host]
+        if record["status"] == "deleted":
+            return
+        try:
+            config = parse_tenant(record["config"], f"store tenant {tenant_id!r}")
+        except ConfigError as exc:
+            log.error("tenant %s not loaded: %s", tenant_id, exc, extra={"tenant": tenant_id})
+            return
+        tenant = Tenant(record, config, self._keys, self._settings)
+        self._by_id[tenant_id] = tenant
+        for host in config.hosts:
+            self._by_host[host] = tenant
+
+    def start(self) -> None:
+        """Start polling the store in the background (call from the running loop)."""
+        self._task = asyncio.create_task(self._poll(), name="tenant-refresh")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.tenant_refresh_seconds)
+            try:
+                await self.refresh()
+            except StoreError as exc:
+                log.warning("tenant refresh failed: %s", exc)

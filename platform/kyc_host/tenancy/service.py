@@ -1,0 +1,189 @@
+"""Applying tenant documents to the store: the one write path for files and the API.
+
+The store is the source of truth at run time. Each tenant has one manager: a tenant applied
+from a file is file-managed (the API may not change it), a tenant created through the API is
+API-managed (a file with the same id is refused). Hosts are claimed in ``tenant_hosts`` (one
+document per host, keyed by the host), so two tenants can never hold the same host even when
+two processes apply at once.
+
+Every change bumps the tenant's ``seq`` from one platform counter; each process polls for
+``seq`` greater than the last it saw (see registry.py) and so serves the change within seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kyc_host.crypto.master import KeyProvider
+from kyc_host.errors import ConfigError
+from kyc_host.store.base import DuplicateKeyError, Store, gt, in_, nin
+from kyc_host.tenancy.schema import TenantConfig, parse_tenant
+from kyc_host.tenancy.secrets import generate_secrets, seed_from_env, unwrap_secrets, wrap_secrets
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class TenantDocument:
+    """A validated tenant document and who manages it ("file:<path>" or "api")."""
+
+    config: TenantConfig
+    raw: Mapping[str, Any]
+    manager: str
+
+    @property
+    def source(self) -> str:
+        return self.manager.removeprefix("file:")
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    tenant_id: str
+    action: str  # created | updated | unchanged
+
+
+def read_tenant_files(path: Path) -> list[TenantDocument]:
+    """Parse one file or every ``*.toml`` of a directory; all must be valid (else ConfigError)."""
+    files = sorted(path.glob("*.toml")) if path.is_dir() else [path]
+    if not path.exists():
+        raise ConfigError(str(path), "", "no such file or directory")
+    docs = [_read_one(f) for f in files]
+    seen: dict[str, str] = {}
+    for doc in docs:
+        other = seen.setdefault(doc.config.id, doc.source)
+        if other != doc.source:
+            raise ConfigError(doc.source, "id", f"also defined in {other}", doc.config.id)
+    return docs
+
+
+def _read_one(path: Path) -> TenantDocument:
+    try:
+        with path.open("rb") as fh:
+            raw = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), "", f"not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(str(path), "", f"cannot read: {exc.strerror}") from None
+    return TenantDocument(parse_tenant(raw, str(path)), raw, f"file:{path}")
+
+
+class TenantService:
+    def __init__(self, store: Store, keys: KeyProvider,
+                 environ: Mapping[str, str] | None = None) -> None:
+        self.store = store
+        self.keys = keys
+        self.environ = environ if environ is not None else {}
+        self.tenants = store.platform("tenants")
+        self.hosts = store.platform("tenant_hosts")
+        self.meta = store.platform("meta")
+
+    async def apply(self, docs: Sequence[TenantDocument]) -> list[ApplyResult]:
+        """Apply documents together: every check runs before the first write."""
+        _check_batch(docs)
+        existing = {d.config.id: await self.tenants.find_one({"_id": d.config.id}) for d in docs}
+        for doc in docs:
+            await self._check(doc, existing[doc.config.id])
+        return [await self._write(doc, existing[doc.config.id]) for doc in docs]
+
+    async def _check(self, doc: TenantDocument, current: Mapping[str, Any] | None) -> None:
+        cfg = doc.config
+        if current is not None and current.get("status") != "deleted":
+            kind, new_kind = current["manager"].split(":")[0], doc.manager.split(":")[0]
+            if kind != new_kind:
+                owner = ("the management API" if kind == "api"
+                         else current["manager"].removeprefix("file:"))
+                raise ConfigError(doc.source, "id",
+                                  f"tenant is managed by {owner}; change it there", cfg.id)
+        taken = await self.hosts.find({"_id": in_(list(cfg.hosts))})
+        for claim in taken:
+            if claim["tenant"] != cfg.id:
+                raise ConfigError(doc.source, "hosts",
+                                  f"host is already served by tenant {claim['tenant']!r}",
+                                  claim["_id"])
+        env_seed = seed_from_env(cfg.signing_key_env, self.environ, doc.source)
+        new = current is None or current.get("status") == "deleted"
+        if new and cfg.signing_key_env and env_seed is None:
+            raise ConfigError(doc.source, "signing_key_env",
+                              f"environment variable {cfg.signing_key_env} is not set")
+
+    async def _write(self, doc: TenantDocument, current: Mapping[str, Any] | None) -> ApplyResult:
+        cfg = doc.config
+        env_seed = seed_from_env(cfg.signing_key_env, self.environ, doc.source)
+        alive = current is not None and current.get("status") != "deleted"
+        if alive and current is not None:
+            secrets = unwrap_secrets(self.keys, cfg.id, current["secrets"])
+            if current["config"] == dict(doc.raw) and (
+                    env_seed is None or env_seed == secrets.signing_seed):
+                return ApplyResult(cfg.id, "unchanged")
+            if env_seed is not None and env_seed != secrets.signing_seed:
+                secrets = dataclasses.replace(secrets, signing_seed=env_seed)
+        else:
+            secrets = generate_secrets(env_seed)
+            await self.store.prepare_tenant(cfg.id)
+        await self._claim_hosts(cfg, doc.source)
+        now = time.time()
+        record = {
+            "_id": cfg.id,
+            "config": dict(doc.raw),
+            "manager": doc.manager,
+            "status": cfg.status,
+            "secrets": wrap_secrets(self.keys, cfg.id, secrets),
+            "created_at": current["created_at"] if alive and current else now,
+            "updated_at": now,
+            "seq": await self._next_seq(),
+        }
+        await self.tenants.replace_one({"_id": cfg.id}, record, upsert=True)
+        await self.hosts.delete_many({"tenant": cfg.id, "_id": nin(list(cfg.hosts))})
+        action = "updated" if alive else "created"
+        log.info("tenant %s %s", cfg.id, action, extra={"tenant": cfg.id})
+        return ApplyResult(cfg.id, action)
+
+    async def _claim_hosts(self, cfg: TenantConfig, source: str) -> None:
+        for host in cfg.hosts:
+            try:
+                await self.hosts.insert_one({"_id": host, "tenant": cfg.id})
+            except DuplicateKeyError:
+                claim = await self.hosts.find_one({"_id": host})
+                if claim is not None and claim["tenant"] != cfg.id:
+                    raise ConfigError(source, "hosts",
+                                      f"host is already served by tenant {claim['tenant']!r}",
+                                      host) from None
+
+    async def _next_seq(self) -> int:
+        doc = await self.meta.find_one_and_update({"_id": "tenant_seq"}, inc={"value": 1},
+                                                  upsert=True)
+        if doc is None:  # pragma: no cover - upsert always returns the document
+            raise RuntimeError("tenant sequence counter missing")
+        return int(doc["value"])
+
+    async def set_status(self, tenant_id: str, status: str) -> bool:
+        matched = await self.tenants.update_one(
+            {"_id": tenant_id, "status": in_(["active", "suspended"])},
+            set={"status": status, "updated_at": time.time(), "seq": await self._next_seq()})
+        return matched == 1
+
+    async def list_all(self) -> list[dict[str, Any]]:
+        docs = await self.tenants.find({"status": in_(["active", "suspended"])},
+                                       sort=[("_id", 1)])
+        return docs
+
+    async def changed_since(self, seq: int) -> list[dict[str, Any]]:
+        return await self.tenants.find({"seq": gt(seq)}, sort=[("seq", 1)])
+
+
+def _check_batch(docs: Sequence[TenantDocument]) -> None:
+    owners: dict[str, str] = {}
+    for doc in docs:
+        for host in doc.config.hosts:
+            other = owners.setdefault(host, doc.config.id)
+            if other != doc.config.id:
+                raise ConfigError(doc.source, "hosts", f"host is also claimed by tenant {other!r}",
+                                  host)
+

@@ -1,0 +1,31 @@
+"""Health endpoints of the admin listener. Never routed on the public listener."""
+
+from __future__ import annotations
+
+from kyc_host.errors import ServiceUnavailable
+from kyc_host.web.base import BaseHandler
+
+
+class AdminHandler(BaseHandler):
+    resolves_tenant = False
+
+
+class HealthzHandler(AdminHandler):
+    """Liveness: the process is up and its event loop answers."""
+
+    def get(self) -> None:
+        self.write_json({"status": "ok"})
+
+
+class ReadyzHandler(AdminHandler):
+    """Readiness: the store answers and the process is not shutting down."""
+
+    async def get(self) -> None:
+        if self.services.draining:
+            raise ServiceUnavailable("shutting down")
+        await self.services.store.ping()
+        self.write_json({"status": "ready", "tenants": len(self.services.registry),
+                         "backend": self.services.store.backend_name})
+
+
+routes = [(r"/healthz", HealthzHandler), (r"/readyz", ReadyzHandler)]

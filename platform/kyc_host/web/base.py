@@ -1,0 +1,152 @@
+"""The base of every handler: request ids, tenant resolution by Host, JSON errors.
+
+Errors are raised, never returned; :meth:`BaseHandler.write_error` renders every one of them
+as ``{"error": "..."}``. The text of an unexpected exception never reaches the client.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from types import TracebackType
+from typing import Any
+
+from tornado.web import HTTPError, RequestHandler
+
+from kyc_host.errors import ApiError, NotFound, ServiceUnavailable
+from kyc_host.services import Services
+from kyc_host.store.base import StoreUnavailable
+from kyc_host.tenancy.registry import Tenant
+
+log = logging.getLogger("kyc_host.web")
+access_log = logging.getLogger("kyc_host.access")
+
+_GENERIC = {400: "bad request", 404: "not found", 405: "method not allowed",
+            413: "request body too large", 500: "internal server error"}
+
+
+class BaseHandler(RequestHandler):
+    """Shared behaviour of public and admin handlers (the admin ones skip tenant lookup)."""
+
+    #: Public handlers resolve a tenant from the Host header in ``prepare``.
+    resolves_tenant = True
+    #: Public handlers that browsers call cross-origin set this to the allowed methods.
+    cors_methods: str | None = None
+
+    _tenant: Tenant | None = None
+    _counted = False
+
+    @property
+    def services(self) -> Services:
+        services: Services = self.application.settings["services"]
+        return services
+
+    @property
+    def tenant(self) -> Tenant:
+        if self._tenant is None:  # pragma: no cover - only reachable from a handler bug
+            raise RuntimeError("handler has no tenant")
+        return self._tenant
+
+    @property
+    def request_id(self) -> str:
+        rid: str = self.__dict__.setdefault("_request_id", os.urandom(8).hex())
+        return rid
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Request-Id", self.request_id)
+        if self.cors_methods:
+            self.set_header("Access-Control-Allow-Origin", "*")
+
+    def prepare(self) -> None:
+        self.services.inflight.enter()
+        self._counted = True
+        if self.resolves_tenant:
+            self._tenant = self._resolve_tenant()
+
+    def _resolve_tenant(self) -> Tenant:
+        tenant = self.services.registry.for_host(self.request.host_name)
+        if tenant is None:
+            # No default tenant, ever: an unknown Host must not reach anyone's data.
+            raise NotFound("unknown host")
+        if not tenant.active:
+            raise ServiceUnavailable("this service is suspended", retry_after=3600)
+        return tenant
+
+    def options(self, *args: str) -> None:
+        """CORS preflight for browser wallets (SEP-1/10 require CORS; SEP-12 needs it too)."""
+        if not self.cors_methods:
+            raise HTTPError(405)
+        self.set_header("Access-Control-Allow-Methods", self.cors_methods + ", OPTIONS")
+        self.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type")
+        self.set_header("Access-Control-Max-Age", "86400")
+        self.set_status(204)
+        self.clear_header("Content-Type")
+
+    def write_json(self, body: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(json.dumps(body, separators=(",", ":")))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, StoreUnavailable):
+            exc = ServiceUnavailable(log_detail=str(exc))
+        if isinstance(exc, ApiError):
+            status_code, message = exc.status, exc.message
+            for name, value in exc.headers.items():
+                self.set_header(name, value)
+        else:
+            message = _GENERIC.get(status_code, self._reason.lower())
+        self.set_status(status_code)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(json.dumps({"error": message}))
+
+    def log_exception(self, typ: type[BaseException] | None, value: BaseException | None,
+                      tb: TracebackType | None) -> None:
+        extra = {"tenant": self._tenant.id if self._tenant else None,
+                 "request_id": self.request_id}
+        if isinstance(value, ApiError | StoreUnavailable | HTTPError):
+            detail = getattr(value, "log_detail", None) or str(value)
+            level = logging.WARNING if isinstance(value, StoreUnavailable) else logging.INFO
+            log.log(level, "%s %s: %s", self.request.method, self.request.path,
+                    f"{type(value).__name__}: {detail}", extra=extra)
+        else:
+            log.error("unhandled error in %s %s", self.request.method, self.request.path,
+                      exc_info=value, extra=extra)
+
+    def on_finish(self) -> None:
+        self._uncount()
+
+    def on_connection_close(self) -> None:
+        self._uncount()
+
+    def _uncount(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.services.inflight.leave()
+
+
+class NotFoundHandler(BaseHandler):
+    """Every unknown path: 404 JSON (after tenant resolution on the public listener)."""
+
+    def prepare(self) -> None:
+        super().prepare()
+        raise NotFound("not found")
+
+
+class AdminNotFoundHandler(NotFoundHandler):
+    resolves_tenant = False
+
+
+def log_request(handler: RequestHandler) -> None:
+    """Access log without query strings (they may carry account ids and memos)."""
+    request = handler.request
+    tenant = getattr(handler, "_tenant", None)
+    access_log.info(
+        "%s %s %d", request.method, request.path, handler.get_status(),
+        extra={"tenant": tenant.id if tenant else None,
+               "request_id": getattr(handler, "request_id", None),
+               "ms": round(1000 * request.request_time(), 2)})
