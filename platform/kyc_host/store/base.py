@@ -5,6 +5,13 @@ Repositories (``store/*.py`` beside this file) are written once against :class:`
 one tenant when it is opened (``Store.tenant(tenant_id, name)``), so code holding a tenant's
 collection cannot name another tenant's data.
 
+Atomicity: a single insert is atomic, and so is the unique-index check it makes; use an insert
+with a unique key for anything that must happen once (consuming a challenge, claiming an
+outbox attempt). ``update_one``/``find_one_and_update`` are atomic per document on SQLite and
+on MongoDB, but **not** on FerretDB v1 (the test server), where concurrent ``$inc`` loses
+updates and ``findAndModify`` can hand one document to two callers; never rely on them for
+exclusivity.
+
 Filters are plain mappings of field -> value. A value is always matched **literally** (a dict
 value is a dict, never an operator), which rules out NoSQL operator injection; comparisons
 use the small :class:`Cmp` type instead (``{"due": lte(now)}``).

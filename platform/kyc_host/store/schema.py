@@ -8,9 +8,8 @@ from kyc_host.store.base import CollectionSpec, Index
 
 _SPECS = (
     # Platform-wide.
-    CollectionSpec("tenants", "platform", (Index(("seq",)),)),
+    CollectionSpec("tenants", "platform", (Index(("updated_at",)),)),
     CollectionSpec("tenant_hosts", "platform", (Index(("tenant",)),)),
-    CollectionSpec("meta", "platform"),
     CollectionSpec("operator_tokens", "platform", (Index(("prefix",), unique=True),)),
     # Per tenant.
     CollectionSpec("customers", "tenant", (Index(("status",)), Index(("updated_at",)))),

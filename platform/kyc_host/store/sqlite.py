@@ -95,7 +95,13 @@ def _where(flt: Filter) -> tuple[str, list[Any]]:
         elif value is None:
             clauses.append(f"{expr} IS NULL")
         elif isinstance(value, dict | list):
-            clauses.append(f"json({expr}) = json(?)")
+            # Matched literally, as MongoDB's $eq does; never interpreted as an operator.
+            if field == "_id":
+                clauses.append("0")
+                continue
+            path = f"'$.{field}'"
+            clauses.append(f"(json_type(doc, {path}) IN ('object', 'array')"
+                           f" AND {expr} = json(?))")
             params.append(_encode(value))
         else:
             clauses.append(f"{expr} = ?")

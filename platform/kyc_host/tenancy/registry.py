@@ -1,8 +1,11 @@
 """The in-process view of the tenants in the store: exact host -> Tenant.
 
-Each process loads every tenant once at start and then polls for records whose ``seq`` is
-above the highest it has seen (one indexed query that usually returns nothing), so a tenant
-applied by any process or host is served everywhere within ``tenant_refresh_seconds``.
+Each process loads every tenant once at start and then polls for records updated in the last
+``WINDOW_SECONDS`` (one indexed query that usually returns nothing), replacing any whose
+``rev`` differs from the loaded one. So a tenant applied by any process or host is served
+everywhere within ``tenant_refresh_seconds``. The window (rather than "since my last poll")
+tolerates writes that commit a little after their ``updated_at`` and modest clock skew
+between hosts.
 
 There is no default tenant: an unknown host resolves to None and the handler answers 404.
 Secrets are unwrapped lazily, on a tenant's first request, so start-up with thousands of
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterator, Mapping
 from functools import cached_property
 from typing import Any
@@ -26,6 +30,8 @@ from kyc_host.tenancy.secrets import TenantSecrets, unwrap_secrets
 from kyc_host.tenancy.service import TenantService
 
 log = logging.getLogger(__name__)
+
+WINDOW_SECONDS = 30.0
 
 
 def origin_for(host: str, settings: PlatformSettings) -> str:
@@ -48,7 +54,7 @@ class Tenant:
         self.config = config
         self.id = config.id
         self.status: str = record["status"]
-        self.seq: int = record["seq"]
+        self.rev: str = record["rev"]
         self.manager: str = record["manager"]
         self._wrapped_secrets: Mapping[str, object] = record["secrets"]
         self._keys = keys
@@ -56,6 +62,11 @@ class Tenant:
         #: Values derived from this tenant version (rendered toml, parsed keys); a changed
         #: tenant is a new Tenant object, so nothing here can go stale.
         self.cache: dict[str, Any] = {}
+
+    @property
+    def home_domains(self) -> tuple[str, ...]:
+        """Domains a SEP-10 challenge may be for; the first is the default."""
+        return (self.config.home_domain,)
 
     @property
     def active(self) -> bool:
@@ -79,7 +90,7 @@ class Tenant:
         return self.origin.split("://", 1)[1]
 
     def __repr__(self) -> str:
-        return f"Tenant({self.id!r}, seq={self.seq}, status={self.status!r})"
+        return f"Tenant({self.id!r}, rev={self.rev[:8]}, status={self.status!r})"
 
 
 class TenantRegistry:
@@ -90,7 +101,7 @@ class TenantRegistry:
         self._settings = settings
         self._by_id: dict[str, Tenant] = {}
         self._by_host: dict[str, Tenant] = {}
-        self._seq = 0
+        self._loaded = False
         self._task: asyncio.Task[None] | None = None
 
     def for_host(self, host: str) -> Tenant | None:
@@ -107,12 +118,21 @@ class TenantRegistry:
         return len(self._by_id)
 
     async def refresh(self) -> int:
-        """Load records changed since the last refresh; returns how many changed."""
-        records = await self._service.changed_since(self._seq)
+        """Load every tenant the first time, then recent changes; returns how many changed."""
+        if self._loaded:
+            records = await self._service.updated_since(time.time() - WINDOW_SECONDS)
+        else:
+            records = await self._service.all_records()
+            self._loaded = True
+        changed = 0
         for record in records:
-            self._seq = max(self._seq, int(record["seq"]))
-            self._replace(record)
-        return len(records)
+            current = self._by_id.get(str(record["_id"]))
+            if current is None and record["status"] == "deleted":
+                continue
+            if current is None or current.rev != record["rev"]:
+                self._replace(record)
+                changed += 1
+        return changed
 
     def _replace(self, record: Mapping[str, Any]) -> None:
         tenant_id = str(record["_id"])

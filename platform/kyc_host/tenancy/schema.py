@@ -73,6 +73,18 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class Sep10Settings:
+    """``[sep10]``: how this tenant's web auth issues tokens and treats client domains."""
+
+    jwt_algorithm: str = "EdDSA"  # or HS256 with a per-tenant 32-byte secret
+    jwt_lifetime_seconds: int = 3600
+    challenge_timeout_seconds: int = 900
+    client_domain_required: bool = False
+    client_domain_allow: tuple[str, ...] = ()  # empty: any domain not denied
+    client_domain_deny: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class StellarTomlExtra:
     """Content published in the tenant's stellar.toml beside the generated keys."""
 
@@ -97,6 +109,7 @@ class TenantConfig:
     plugin_settings: Mapping[str, Any] = field(default_factory=dict)
     signing_key_env: str | None = None
     limits: Limits = field(default_factory=Limits)
+    sep10: Sep10Settings = field(default_factory=Sep10Settings)
     stellar_toml: StellarTomlExtra = field(default_factory=StellarTomlExtra)
 
 
@@ -130,6 +143,7 @@ def parse_tenant(doc: Mapping[str, Any], source: str) -> TenantConfig:
         signing_key_env=top.string("signing_key_env", None, pattern=r"[A-Z_][A-Z0-9_]{0,127}",
                                 what="an environment variable name"),
         limits=_limits(top.table("limits")),
+        sep10=_sep10(top.table("sep10")),
         stellar_toml=_stellar_toml(top.table("stellar_toml")),
     )
     if not isinstance(config.plugin_settings, Mapping):
@@ -233,6 +247,32 @@ def _limits(table: Table) -> Limits:
                            min=0.05, max=30.0)
     table.finish()
     return Limits(max_file, max_request, types, timeout)
+
+
+def _sep10(table: Table) -> Sep10Settings:
+    defaults = Sep10Settings()
+    settings = Sep10Settings(
+        jwt_algorithm=table.choice("jwt_algorithm", ("EdDSA", "HS256"), defaults.jwt_algorithm),
+        # 24 h at most: signer changes after issuance are not seen (SEP-10 §3.8).
+        jwt_lifetime_seconds=table.integer("jwt_lifetime_seconds",
+                                           defaults.jwt_lifetime_seconds, min=60, max=86400),
+        challenge_timeout_seconds=table.integer(
+            "challenge_timeout_seconds", defaults.challenge_timeout_seconds, min=30, max=900),
+        client_domain_required=table.boolean("client_domain_required",
+                                             defaults.client_domain_required),
+        client_domain_allow=_domains(table, "client_domain_allow"),
+        client_domain_deny=_domains(table, "client_domain_deny"),
+    )
+    table.finish()
+    return settings
+
+
+def _domains(table: Table, key: str) -> tuple[str, ...]:
+    domains: tuple[str, ...] = table.strings(key, (), max_items=1000)
+    for domain in domains:
+        if not _is_hostname(domain.lower()):
+            raise table.error(key, "expected domain names", domain)
+    return tuple(d.lower() for d in domains)
 
 
 def _stellar_toml(table: Table) -> StellarTomlExtra:

@@ -6,8 +6,9 @@ API-managed (a file with the same id is refused). Hosts are claimed in ``tenant_
 document per host, keyed by the host), so two tenants can never hold the same host even when
 two processes apply at once.
 
-Every change bumps the tenant's ``seq`` from one platform counter; each process polls for
-``seq`` greater than the last it saw (see registry.py) and so serves the change within seconds.
+Every change gives the tenant record a new random ``rev`` and a fresh ``updated_at``; each
+process polls for recently updated records (see registry.py) and so serves the change within
+seconds. (A global counter would need an atomic increment, which FerretDB v1 lacks.)
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import dataclasses
 import logging
 import time
 import tomllib
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,7 @@ from typing import Any
 
 from kyc_host.crypto.master import KeyProvider
 from kyc_host.errors import ConfigError
-from kyc_host.store.base import DuplicateKeyError, Store, gt, in_, nin
+from kyc_host.store.base import DuplicateKeyError, Store, gte, in_, nin
 from kyc_host.tenancy.schema import TenantConfig, parse_tenant
 from kyc_host.tenancy.secrets import generate_secrets, seed_from_env, unwrap_secrets, wrap_secrets
 
@@ -82,7 +84,6 @@ class TenantService:
         self.environ = environ if environ is not None else {}
         self.tenants = store.platform("tenants")
         self.hosts = store.platform("tenant_hosts")
-        self.meta = store.platform("meta")
 
     async def apply(self, docs: Sequence[TenantDocument]) -> list[ApplyResult]:
         """Apply documents together: every check runs before the first write."""
@@ -137,7 +138,7 @@ class TenantService:
             "secrets": wrap_secrets(self.keys, cfg.id, secrets),
             "created_at": current["created_at"] if alive and current else now,
             "updated_at": now,
-            "seq": await self._next_seq(),
+            "rev": uuid.uuid4().hex,
         }
         await self.tenants.replace_one({"_id": cfg.id}, record, upsert=True)
         await self.hosts.delete_many({"tenant": cfg.id, "_id": nin(list(cfg.hosts))})
@@ -156,17 +157,10 @@ class TenantService:
                                       f"host is already served by tenant {claim['tenant']!r}",
                                       host) from None
 
-    async def _next_seq(self) -> int:
-        doc = await self.meta.find_one_and_update({"_id": "tenant_seq"}, inc={"value": 1},
-                                                  upsert=True)
-        if doc is None:  # pragma: no cover - upsert always returns the document
-            raise RuntimeError("tenant sequence counter missing")
-        return int(doc["value"])
-
     async def set_status(self, tenant_id: str, status: str) -> bool:
         matched = await self.tenants.update_one(
             {"_id": tenant_id, "status": in_(["active", "suspended"])},
-            set={"status": status, "updated_at": time.time(), "seq": await self._next_seq()})
+            set={"status": status, "updated_at": time.time(), "rev": uuid.uuid4().hex})
         return matched == 1
 
     async def list_all(self) -> list[dict[str, Any]]:
@@ -174,8 +168,11 @@ class TenantService:
                                        sort=[("_id", 1)])
         return docs
 
-    async def changed_since(self, seq: int) -> list[dict[str, Any]]:
-        return await self.tenants.find({"seq": gt(seq)}, sort=[("seq", 1)])
+    async def all_records(self) -> list[dict[str, Any]]:
+        return await self.tenants.find({})
+
+    async def updated_since(self, timestamp: float) -> list[dict[str, Any]]:
+        return await self.tenants.find({"updated_at": gte(timestamp)})
 
 
 def _check_batch(docs: Sequence[TenantDocument]) -> None:

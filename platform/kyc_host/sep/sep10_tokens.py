@@ -1,0 +1,177 @@
+"""SEP-10 JWTs: issued per tenant, verified per tenant, turned into one typed Identity.
+
+Tokens are signed with the tenant's own Ed25519 key (EdDSA, header ``kid``), published at
+``<origin>/.well-known/jwks.json`` so the anchor's other servers can verify them without a
+shared secret; a tenant may choose HS256 with its own 32-byte secret instead.
+
+Verification pins the algorithm to the tenant's choice, requires every claim we issue, checks
+``iss`` against the tenant resolved from the Host header and selects the key by ``kid`` among
+the tenant's current verification keys. A token minted by tenant A therefore fails at tenant B
+twice over: wrong key and wrong issuer (reliability-plan A2).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from stellar_sdk import MuxedAccount, StrKey
+
+from kyc_host.errors import Unauthorized
+from kyc_host.tenancy.registry import Tenant
+
+MAX_MEMO = 2**64 - 1
+_REQUIRED_CLAIMS = ["iss", "sub", "iat", "exp", "jti", "home_domain"]
+_CACHE_SIZE = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a verified token speaks for, in the forms SEP-12 needs.
+
+    ``account`` is always the base ``G...`` account; ``memo`` is the ID memo (from ``G:memo``
+    or the mux id of an ``M...`` sub) as a decimal string, or None for an unshared account.
+    """
+
+    sub: str
+    account: str
+    memo: str | None
+    muxed: str | None
+    client_domain: str | None
+    jti: str
+    expires_at: int
+
+    @property
+    def shared(self) -> bool:
+        return self.memo is not None
+
+
+def parse_sub(sub: str) -> tuple[str, str | None, str | None]:
+    """``G``, ``G:memo`` or ``M`` -> (base account, memo, muxed); raises ValueError."""
+    if sub.startswith("M"):
+        muxed = MuxedAccount.from_account(sub)
+        if muxed.account_muxed_id is None:
+            raise ValueError("muxed account without id")
+        return muxed.account_id, str(muxed.account_muxed_id), sub
+    account, sep, memo = sub.partition(":")
+    if not StrKey.is_valid_ed25519_public_key(account):
+        raise ValueError("sub is not a G account")
+    if sep:
+        if not memo.isdigit() or int(memo) > MAX_MEMO or (len(memo) > 1 and memo[0] == "0"):
+            raise ValueError("sub memo is not a uint64")
+        return account, memo, None
+    return account, None, None
+
+
+def kid_for(public_key: Ed25519PublicKey) -> str:
+    raw = public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def _verification_keys(tenant: Tenant) -> dict[str, Any]:
+    """kid -> key for every key this tenant currently accepts (cached per tenant version)."""
+    keys: dict[str, Any] | None = tenant.cache.get("jwt_verification_keys")
+    if keys is None:
+        secrets = tenant.secrets
+        if tenant.config.sep10.jwt_algorithm == "HS256":
+            keys = {"hs256": secrets.jwt_hs256_secret}
+        else:
+            public = secrets.jwt_private_key.public_key()
+            keys = {kid_for(public): public}
+        tenant.cache["jwt_verification_keys"] = keys
+    return keys
+
+
+def jwks(tenant: Tenant) -> dict[str, list[dict[str, str]]]:
+    """The tenant's public JWT keys as a JWK Set (empty for HS256 tenants)."""
+    entries = []
+    for kid, key in _verification_keys(tenant).items():
+        if isinstance(key, Ed25519PublicKey):
+            raw = key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+            entries.append({"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig",
+                            "kid": kid, "x": base64.urlsafe_b64encode(raw).rstrip(b"=").decode()})
+    return {"keys": entries}
+
+
+def issue_token(
+    tenant: Tenant,
+    *,
+    sub: str,
+    jti: str,
+    home_domain: str,
+    client_domain: str | None = None,
+    now: int | None = None,
+) -> str:
+    issued = int(time.time()) if now is None else now
+    claims: dict[str, Any] = {
+        "iss": tenant.web_auth_endpoint,
+        "sub": sub,
+        "iat": issued,
+        "exp": issued + tenant.config.sep10.jwt_lifetime_seconds,
+        "jti": jti,
+        "home_domain": home_domain,
+    }
+    if client_domain:
+        claims["client_domain"] = client_domain
+    secrets = tenant.secrets
+    if tenant.config.sep10.jwt_algorithm == "HS256":
+        return jwt.encode(claims, secrets.jwt_hs256_secret, algorithm="HS256",
+                          headers={"kid": "hs256"})
+    key = secrets.jwt_private_key
+    return jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": kid_for(key.public_key())})
+
+
+def verify_token(tenant: Tenant, token: str) -> Identity:
+    """Verify a token for ``tenant``; raises Unauthorized with a generic reason otherwise."""
+    cache: OrderedDict[str, Identity] = tenant.cache.setdefault("verified_tokens", OrderedDict())
+    now = int(time.time())
+    cached = cache.get(token)
+    if cached is not None and cached.expires_at > now:
+        return cached
+    identity = _verify(tenant, token)
+    cache[token] = identity
+    if len(cache) > _CACHE_SIZE:
+        cache.popitem(last=False)
+    return identity
+
+
+def _verify(tenant: Tenant, token: str) -> Identity:
+    algorithm = tenant.config.sep10.jwt_algorithm
+    try:
+        header = jwt.get_unverified_header(token)
+        if header.get("alg") != algorithm or set(header) - {"alg", "typ", "kid"}:
+            raise jwt.InvalidTokenError("unexpected header")
+        key = _verification_keys(tenant).get(str(header.get("kid")))
+        if key is None:
+            raise jwt.InvalidTokenError("unknown kid")
+        claims = jwt.decode(
+            token, key, algorithms=[algorithm], issuer=tenant.web_auth_endpoint,
+            options={"require": _REQUIRED_CLAIMS, "verify_aud": False}, leeway=5)
+        account, memo, muxed = parse_sub(str(claims["sub"]))
+        if claims["home_domain"] not in tenant.home_domains:
+            raise jwt.InvalidTokenError("home_domain not served by this tenant")
+    except (jwt.InvalidTokenError, ValueError, TypeError) as exc:
+        raise Unauthorized("invalid or expired token",
+                           log_detail=f"token rejected: {type(exc).__name__}: {exc}") from None
+    client_domain = claims.get("client_domain")
+    return Identity(
+        sub=str(claims["sub"]), account=account, memo=memo, muxed=muxed,
+        client_domain=client_domain if isinstance(client_domain, str) else None,
+        jti=str(claims["jti"]), expires_at=int(claims["exp"]))
+
+
+def bearer_token(authorization: str | None) -> str:
+    """The token of an ``Authorization: Bearer <token>`` header; Unauthorized otherwise."""
+    if not authorization:
+        raise Unauthorized("authentication required: send Authorization: Bearer <SEP-10 JWT>")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token or " " in token or "," in token:
+        raise Unauthorized("malformed Authorization header: expected Bearer <SEP-10 JWT>")
+    return token

@@ -1,0 +1,247 @@
+"""Shared fixtures. Index:
+
+- ``ferretdb`` (session): a real MongoDB-wire server (FerretDB v1.24, SQLite handler) built
+  from its Go module and started on a free loopback port. Never skipped: if it cannot be
+  built or started, every MongoDB test fails.
+- ``backend`` (parametrized "sqlite" / "mongo"): a fresh storage URL per test; tests that take
+  it run once per backend (the contract suite, tenancy, the HTTP suites).
+- ``settings``: PlatformSettings for a test (dev mode, temp master key, ports 0).
+- ``store``: a started Store on ``backend``, with tenants "t1" and "t2" prepared.
+- ``tenant_doc``: builds a valid tenant document; override keys with keyword arguments.
+- ``make_server``: starts the real app (both listeners) in-process on free ports with the given
+  tenant documents; returns a :class:`RunningServer` whose ``fetch`` sets the Host header.
+- ``two_tenants``: a running server with tenants "t1" on ``a.test`` and "t2" on ``b.test``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tornado.httpclient import AsyncHTTPClient, HTTPResponse
+from tornado.netutil import bind_sockets
+
+from kyc_host.app import Server, build_services
+from kyc_host.services import Services
+from kyc_host.settings import PlatformSettings, load_settings, with_overrides
+from kyc_host.store import open_store
+from kyc_host.store.base import Store
+from kyc_host.tenancy.schema import parse_tenant
+from kyc_host.tenancy.service import TenantDocument
+
+ROOT = Path(__file__).resolve().parent.parent
+FERRETDB_DIR = ROOT / "tests" / "ferretdb"
+
+
+# --- FerretDB ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class FerretDB:
+    """One FerretDB process. ``url(db)`` gives a MongoDB URL for a database name."""
+
+    port: int
+    state_dir: Path
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    def start(self) -> None:
+        binary = FERRETDB_DIR / "bin" / "ferretdb-embedded"
+        self.log_path = self.state_dir / "ferretdb.log"
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [str(binary), "-listen-addr", f"127.0.0.1:{self.port}",
+                 "-state-dir", str(self.state_dir)],
+                stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                if self.process.poll() is not None:
+                    output = self.log_path.read_text(errors="replace")
+                    raise RuntimeError(f"FerretDB exited at start:\n{output}") from None
+                time.sleep(0.1)
+        raise RuntimeError("FerretDB did not start listening within 30 s")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def url(self, db: str) -> str:
+        return f"mongodb://127.0.0.1:{self.port}/{db}"
+
+
+def build_ferretdb() -> None:
+    result = subprocess.run(["bash", str(FERRETDB_DIR / "build.sh")], capture_output=True,
+                            text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"building FerretDB failed:\n{result.stdout}\n{result.stderr}")
+
+
+@pytest.fixture(scope="session")
+def ferretdb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FerretDB]:
+    build_ferretdb()
+    server = FerretDB(free_port(), tmp_path_factory.mktemp("ferretdb"))
+    server.start()
+    yield server
+    server.stop()
+
+
+# --- backends, settings, store -----------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", pytest.param("mongo", marks=pytest.mark.mongo)])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh storage URL on each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/store.db"
+    server: FerretDB = request.getfixturevalue("ferretdb")
+    return server.url(f"k{uuid.uuid4().hex[:10]}")
+
+
+@pytest.fixture
+def settings(tmp_path: Path, backend: str) -> PlatformSettings:
+    base = load_settings(None, environ={})
+    return with_overrides(
+        base,
+        storage_url=backend,
+        master_key_file=tmp_path / "master.key",
+        tenants_dir=tmp_path / "tenants",
+        plugins_dir=ROOT / "plugins",
+        dev_mode=True,
+        tenant_refresh_seconds=0.2,
+        shutdown_timeout_seconds=5.0,
+    )
+
+
+@pytest.fixture
+async def store(backend: str) -> AsyncIterator[Store]:
+    instance = open_store(backend)
+    await instance.start()
+    for tenant_id in ("t1", "t2"):
+        await instance.prepare_tenant(tenant_id)
+    yield instance
+    await instance.close()
+
+
+# --- tenants ------------------------------------------------------------------------------
+
+
+def make_tenant_doc(tenant_id: str, hosts: list[str], **overrides: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "id": tenant_id,
+        "hosts": hosts,
+        "home_domain": hosts[0],
+        "network": "testnet",
+        "customer_types": {
+            "individual": {
+                "required": ["first_name", "last_name", "email_address"],
+                "optional": ["mobile_number", "photo_id_front", "birth_date"],
+            },
+        },
+    }
+    doc.update(overrides)
+    return doc
+
+
+@pytest.fixture
+def tenant_doc() -> Callable[..., dict[str, Any]]:
+    return make_tenant_doc
+
+
+def api_document(doc: Mapping[str, Any], manager: str = "api") -> TenantDocument:
+    return TenantDocument(parse_tenant(doc, "test"), dict(doc), manager)
+
+
+# --- running servers -------------------------------------------------------------------
+
+
+@dataclass
+class RunningServer:
+    services: Services
+    server: Server
+    public_port: int
+    admin_port: int
+    client: AsyncHTTPClient = field(default_factory=lambda: AsyncHTTPClient(force_instance=True))
+
+    async def fetch(
+        self,
+        host: str,
+        path: str,
+        *,
+        method: str = "GET",
+        body: bytes | str | None = None,
+        headers: Mapping[str, str] | None = None,
+        admin: bool = False,
+    ) -> HTTPResponse:
+        """A real HTTP request to this server with ``Host: host``; never raises on status."""
+        port = self.admin_port if admin else self.public_port
+        all_headers = {"Host": host, **(headers or {})}
+        if body is None and method in ("POST", "PUT", "PATCH"):
+            body = b""
+        return await self.client.fetch(
+            f"http://127.0.0.1:{port}{path}", method=method, body=body, headers=all_headers,
+            raise_error=False, allow_nonstandard_methods=True, request_timeout=30)
+
+    async def apply(self, *docs: Mapping[str, Any]) -> None:
+        """Apply tenant documents through the service and wait until this process sees them."""
+        await self.services.tenants.apply([api_document(d) for d in docs])
+        await self.services.registry.refresh()
+
+    async def close(self) -> None:
+        self.client.close()
+        await self.server.stop(1.0)
+
+
+MakeServer = Callable[..., Awaitable[RunningServer]]
+
+
+@pytest.fixture
+async def make_server(settings: PlatformSettings) -> AsyncIterator[MakeServer]:
+    running: list[RunningServer] = []
+
+    async def make(*docs: Mapping[str, Any], **setting_overrides: Any) -> RunningServer:
+        effective = with_overrides(settings, **setting_overrides) if setting_overrides else settings
+        services = await build_services(effective, environ=dict(os.environ),
+                                        apply_tenant_files=False)
+        if docs:
+            await services.tenants.apply([api_document(d) for d in docs])
+            await services.registry.refresh()
+        public = bind_sockets(0, "127.0.0.1")
+        admin = bind_sockets(0, "127.0.0.1")
+        server = Server(services)
+        server.start(public, admin)
+        instance = RunningServer(services, server, public[0].getsockname()[1],
+                                 admin[0].getsockname()[1])
+        running.append(instance)
+        return instance
+
+    yield make
+    for instance in running:
+        await instance.close()
+
+
+@pytest.fixture
+async def two_tenants(make_server: MakeServer) -> RunningServer:
+    return await make_server(make_tenant_doc("t1", ["a.test"]), make_tenant_doc("t2", ["b.test"]))
