@@ -245,3 +245,30 @@ async def make_server(settings: PlatformSettings) -> AsyncIterator[MakeServer]:
 @pytest.fixture
 async def two_tenants(make_server: MakeServer) -> RunningServer:
     return await make_server(make_tenant_doc("t1", ["a.test"]), make_tenant_doc("t2", ["b.test"]))
+
+
+# --- the MongoDB tests must run, never be skipped --------------------------------------
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """Fail the run if any MongoDB-backend test was skipped, or none ran while some were
+    collected: a green run must mean the MongoDB backend was exercised (CI relies on this)."""
+    stats = terminalreporter.stats
+    ran = [r for key in ("passed", "failed", "error") for r in stats.get(key, [])
+           if "mongo" in getattr(r, "keywords", {}) and r.when == "call"]
+    skipped = [r for r in stats.get("skipped", []) if "mongo" in getattr(r, "keywords", {})]
+    if skipped or (config.getoption("markexpr", "") == "" and _collected_mongo(config)
+                   and not ran):
+        terminalreporter.write_line(
+            f"ERROR: MongoDB-backend tests did not run (skipped: {len(skipped)}, ran: "
+            f"{len(ran)}); FerretDB must build and start for the suite to pass.", red=True)
+        terminalreporter._session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _collected_mongo(config: pytest.Config) -> bool:
+    session = getattr(config, "_kyc_session", None)
+    return bool(session and any(item.get_closest_marker("mongo") for item in session.items))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    session.config._kyc_session = session  # type: ignore[attr-defined]
