@@ -46,6 +46,17 @@ async def test_duplicate_id_and_unique_index(store: Store) -> None:
     assert await coll.count({}) == 1
 
 
+async def test_unique_violation_by_update_or_replace(store: Store) -> None:
+    coll = store.tenant("t1", "audit")
+    await coll.insert_one({"_id": "a", "seq": 1})
+    await coll.insert_one({"_id": "b", "seq": 2})
+    with pytest.raises(DuplicateKeyError):
+        await coll.update_one({"_id": "b"}, set={"seq": 1})
+    with pytest.raises(DuplicateKeyError):
+        await coll.replace_one({"_id": "b"}, {"_id": "b", "seq": 1})
+    assert (await coll.find_one({"_id": "b"}))["seq"] == 2  # type: ignore[index]
+
+
 async def test_unique_index_is_per_tenant(store: Store) -> None:
     await store.prepare_tenant("t2")
     await store.tenant("t1", "audit").insert_one({"_id": "a", "seq": 1})

@@ -104,6 +104,10 @@ class _Errors:
         if isinstance(exc, PyMongoError) and exc.timeout:
             raise StoreUnavailable(f"mongodb: {type(exc).__name__} (timeout)") from None
         if isinstance(exc, OperationFailure):
+            # FerretDB v1 reports a unique violation made by an update or replace as an
+            # InternalError (code 1) quoting SQLite, not as code 11000.
+            if "UNIQUE constraint failed" in str(exc):
+                raise DuplicateKeyError("unique index violated") from None
             raise StoreError(f"mongodb operation failed: code {exc.code}") from None
 
 
