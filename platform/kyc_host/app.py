@@ -9,7 +9,9 @@ accepting connections, lets in-flight requests finish (bounded by
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
 import socket
 from collections.abc import Mapping
@@ -137,15 +139,29 @@ class Server:
         await self.services.store.close()
 
 
-async def serve(settings: PlatformSettings) -> int:
-    services = await build_services(settings)
+Sockets = list[socket.socket]
+
+
+def bind_listeners(settings: PlatformSettings) -> tuple[Sockets, Sockets]:
     public = bind_sockets(settings.public_listen.port, settings.public_listen.host)
     admin = bind_sockets(settings.admin_listen.port, settings.admin_listen.host)
+    return public, admin
+
+
+async def serve(
+    settings: PlatformSettings,
+    listeners: tuple[Sockets, Sockets] | None = None,
+    *,
+    apply_tenant_files: bool = True,
+) -> int:
+    """Serve until SIGTERM/SIGINT, then drain and return 0 (one process)."""
+    services = await build_services(settings, apply_tenant_files=apply_tenant_files)
+    public, admin = listeners or bind_listeners(settings)
     server = Server(services)
     server.start(public, admin)
-    log.info("serving %d tenant(s): public http://%s, admin http://%s (backend %s)",
+    log.info("serving %d tenant(s): public http://%s, admin http://%s (backend %s, pid %d)",
              len(services.registry), settings.public_listen, settings.admin_listen,
-             services.store.backend_name)
+             services.store.backend_name, os.getpid())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -154,4 +170,75 @@ async def serve(settings: PlatformSettings) -> int:
     log.info("shutting down: %d request(s) in flight", services.inflight.count)
     await server.stop(settings.shutdown_timeout_seconds)
     log.info("stopped")
+    return 0
+
+
+async def _prepare_store(settings: PlatformSettings) -> None:
+    """Check the store and apply tenant files once, in the supervisor, before forking."""
+    services = await build_services(settings)
+    await services.store.close()
+
+
+def run(settings: PlatformSettings, workers: int = 1) -> int:
+    """Entry point of ``kyc-host serve``: one process, or a supervisor of ``workers`` forks.
+
+    With several workers the listening sockets are bound once here and inherited by each
+    forked worker (the kernel spreads connections over them); every worker builds its own
+    store client *after* the fork (drivers must not cross a fork). The supervisor forwards
+    SIGTERM/SIGINT to the workers, waits for them to drain, and restarts a worker that dies
+    unexpectedly.
+    """
+    if workers <= 1:
+        return asyncio.run(serve(settings))
+    asyncio.run(_prepare_store(settings))
+    listeners = bind_listeners(settings)
+    return _supervise(settings, workers, listeners)
+
+
+def _supervise(settings: PlatformSettings, workers: int,
+               listeners: tuple[Sockets, Sockets]) -> int:
+    children: dict[int, int] = {}  # pid -> worker index
+    stopping = False
+
+    def spawn(index: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # worker
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            code = 1
+            try:
+                code = asyncio.run(serve(settings, listeners, apply_tenant_files=False))
+            except BaseException:  # a worker must never return into the supervisor's code
+                log.exception("worker %d failed", index)
+            finally:
+                os._exit(code)
+        children[pid] = index
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for index in range(workers):
+        spawn(index)
+    log.info("supervisor %d started %d workers", os.getpid(), workers)
+    restarts = 0
+    while children:
+        pid, status = os.wait()
+        if pid not in children or stopping:
+            children.pop(pid, None)
+            continue
+        index = children.pop(pid)
+        code = os.waitstatus_to_exitcode(status)
+        log.error("worker %d (pid %d) exited with %d; restarting", index, pid, code)
+        restarts += 1
+        if restarts > 10 * workers:
+            log.error("too many worker restarts; giving up")
+            forward(signal.SIGTERM, None)
+            continue
+        spawn(index)
     return 0

@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--admin-listen", help="HOST:PORT of the management listener")
     serve.add_argument("--tenants-dir", help="tenant files applied at start")
     serve.add_argument("--plugins-dir", help="where tenant plugins are found")
+    serve.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="worker processes sharing the listeners (default 1)")
     serve.set_defaults(run=_serve)
 
     tenant = commands.add_parser("tenant", help="manage tenants").add_subparsers(
@@ -106,11 +108,14 @@ def _run(coro: Awaitable[int]) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from kyc_host.app import serve
+    from kyc_host.app import run
 
+    if not 1 <= args.workers <= 64:
+        print("kyc-host: --workers: expected 1 to 64", file=sys.stderr)
+        return EXIT_USAGE
     settings = _settings(args)
     setup_logging(settings.log_level)
-    return _run(serve(settings))
+    return run(settings, args.workers)
 
 
 async def _with_services(args: argparse.Namespace, apply_files: bool = False) -> Any:
