@@ -168,7 +168,8 @@ def load_settings(
         source = str(config_path)
         for key, value in _read_toml(config_path).items():
             if key not in _BY_KEY:
-                raise ConfigError(source, key, f"unknown setting; known: {', '.join(_BY_KEY)}")
+                raise ConfigError(source, key, f"unknown setting; known: {', '.join(_BY_KEY)}",
+                                  value)
             raw[key] = (value, source)
     env = os.environ if environ is None else environ
     for setting in SETTINGS:
@@ -177,7 +178,7 @@ def load_settings(
             raw[setting.key] = (env[name], f"environment {name}")
     for key, value in (overrides or {}).items():
         if key not in _BY_KEY:
-            raise ConfigError("command line", key, "unknown setting")
+            raise ConfigError("command line", key, "unknown setting", value)
         if value is not None:
             raw[key] = (value, "command line")
     values: dict[str, object] = {}

@@ -123,6 +123,7 @@ class SqliteStore(Store):
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-write")
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="sqlite-read")
         self._local = threading.local()
+        self._closed = False
 
     # -- connection handling (each executor thread has its own connection) --
 
@@ -187,6 +188,11 @@ class SqliteStore(Store):
         await self.write(create)
 
     async def close(self) -> None:
+        """Close both connections; closing twice is a no-op (as on MongoDB)."""
+        if self._closed:
+            return
+        self._closed = True
+
         def close_conn() -> None:
             conn = getattr(self._local, "conn", None)
             if conn is not None:

@@ -115,7 +115,7 @@ class Table:
         """Reject keys that no accessor read (typos must not be ignored silently)."""
         unknown = sorted(set(self.data) - self._seen)
         if unknown:
-            raise self.error(unknown[0], "unknown key")
+            raise self.error(unknown[0], "unknown key", self.data[unknown[0]])
 
 
 def plain_json(value: Any, source: str, path: str) -> Any:

@@ -279,7 +279,8 @@ def _stellar_toml(table: Table) -> StellarTomlExtra:
     documentation = table.table("documentation")
     for key in documentation.data:
         if key not in DOCUMENTATION_KEYS:
-            raise documentation.error(str(key), "not a SEP-1 [DOCUMENTATION] key")
+            raise documentation.error(str(key), "not a SEP-1 [DOCUMENTATION] key",
+                                      documentation.data[key])
     docs = plain_json(documentation.data, table.source, documentation.path)
     currencies = tuple(_entries(table, "currencies", CURRENCY_KEYS, required="code"))
     principals = tuple(_entries(table, "principals", PRINCIPAL_KEYS, required="name"))
@@ -297,7 +298,7 @@ def _entries(table: Table, key: str, allowed: frozenset[str],
     for entry in table.tables(key):
         for name in entry.data:
             if name not in allowed:
-                raise entry.error(str(name), f"not a SEP-1 {key} key")
+                raise entry.error(str(name), f"not a SEP-1 {key} key", entry.data[name])
         if required not in entry.data:
             raise entry.error(required, "is required")
         entries.append(MappingProxyType(plain_json(entry.data, entry.source, entry.path)))

@@ -1,0 +1,389 @@
+"""The ``kyc-host`` command as an operator runs it: real processes, real ports, real signals.
+
+Each test starts ``python -m kyc_host`` (``sys.executable``, so the same environment) in a
+temporary working directory with its own settings file, tenants directory and SQLite store;
+the SIGTERM test uses a private FerretDB so a request can be made slow without adding any
+test hook to the product.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import tomli_w
+
+from conftest import ROOT, FerretDB, free_port, make_tenant_doc
+from kyc_host.crypto.master import write_new_key_file
+
+TOML = "/.well-known/stellar.toml"
+START_DEADLINE = 20.0
+
+
+def clean_env() -> dict[str, str]:
+    """The test runner's environment without any KYC_HOST_* setting leaking in."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("KYC_HOST_")}
+
+
+def run_cli(cwd: Path, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kyc_host", *args], cwd=cwd, env=clean_env(),
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def stderr_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.strip()]
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> object:
+        return json.loads(self.body)
+
+
+def get(port: int, host: str, path: str, timeout: float = 10.0) -> Response:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"Host": host})
+        resp = conn.getresponse()
+        return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
+    finally:
+        conn.close()
+
+
+@dataclass
+class Workspace:
+    """A working directory laid out like a deployment: settings file, tenants/, state/."""
+
+    root: Path
+    public_port: int
+    admin_port: int
+    storage_url: str
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config" / "kyc-host.toml"
+
+    def write_config(self, **extra: object) -> None:
+        settings: dict[str, object] = {
+            "storage_url": self.storage_url,
+            "master_key_file": "state/master.key",
+            "tenants_dir": "tenants",
+            "dev_mode": True,
+            **extra,
+        }
+        self.config.parent.mkdir(exist_ok=True)
+        self.config.write_text(tomli_w.dumps(settings))
+
+    def cli(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+        return run_cli(self.root, *args, timeout=timeout)
+
+    def serve(self, *flags: str) -> subprocess.Popen[bytes]:
+        with (self.root / "serve.log").open("ab") as log:  # the child keeps its own copy
+            return subprocess.Popen(
+                [sys.executable, "-m", "kyc_host", "serve", "--config", str(self.config),
+                 "--public-listen", f"127.0.0.1:{self.public_port}",
+                 "--admin-listen", f"127.0.0.1:{self.admin_port}", *flags],
+                cwd=self.root, env=clean_env(), stdout=log, stderr=subprocess.STDOUT)
+
+    def log(self) -> str:
+        path = self.root / "serve.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def wait_ready(self, process: subprocess.Popen[bytes]) -> None:
+        end = time.monotonic() + START_DEADLINE
+        while time.monotonic() < end:
+            if process.poll() is not None:
+                pytest.fail(f"kyc-host exited with {process.returncode}:\n{self.log()}")
+            try:
+                if get(self.admin_port, "localhost", "/readyz", timeout=2).status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        pytest.fail(f"kyc-host not ready within {START_DEADLINE} s:\n{self.log()}")
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Workspace:
+    (tmp_path / "tenants").mkdir()
+    shutil.copy(ROOT / "tenants" / "demo.toml", tmp_path / "tenants" / "demo.toml")
+    space = Workspace(tmp_path, free_port(), free_port(), "sqlite:///state/store.db")
+    space.write_config()
+    return space
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Processes a test starts; any still running at the end are killed."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def wait_exit(process: subprocess.Popen[bytes], seconds: float = 15.0) -> int:
+    try:
+        return process.wait(seconds)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"process {process.pid} still running {seconds} s after SIGTERM")
+
+
+def write_tenant(path: Path, tenant_id: str, host: str, **extra: object) -> Path:
+    path.write_text(tomli_w.dumps(make_tenant_doc(tenant_id, [host], **extra)))
+    return path
+
+
+# --- (a) serving the demo and picking up a tenant applied by another process ---------------
+
+
+def test_serves_demo_and_picks_up_a_tenant_applied_while_running(
+    workspace: Workspace, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    server = workspace.serve()
+    processes.append(server)
+    workspace.wait_ready(server)
+
+    demo = get(workspace.public_port, "demo.localhost", TOML)
+    assert demo.status == 200
+    assert demo.headers["content-type"].startswith("text/plain")
+    toml = tomllib.loads(demo.body.decode())
+    assert toml["KYC_SERVER"] == f"http://demo.localhost:{workspace.public_port}/kyc"
+    assert toml["DOCUMENTATION"]["ORG_NAME"] == "Demo Anchor"
+    unknown = get(workspace.public_port, "nope.localhost", TOML)
+    assert unknown.status == 404
+    assert unknown.json() == {"error": "unknown host"}
+
+    new_file = write_tenant(workspace.root / "new.toml", "newcomer", "new.localhost")
+    applied = workspace.cli("tenant", "apply", str(new_file), "--config", str(workspace.config))
+    assert applied.returncode == 0, applied.stderr
+    assert applied.stdout.strip() == "newcomer: created"
+
+    # Shipped refresh interval (1 s): the running server answers for the new host within 5 s.
+    end = time.monotonic() + 5.0
+    while (response := get(workspace.public_port, "new.localhost", TOML)).status != 200:
+        if time.monotonic() > end:
+            pytest.fail(f"new.localhost still {response.status} 5 s after apply")
+        time.sleep(0.05)
+    assert b"http://new.localhost:" in response.body
+
+    # SIGTERM with nothing in flight: a prompt, clean exit.
+    server.send_signal(signal.SIGTERM)
+    assert wait_exit(server) == 0
+    assert "Traceback" not in workspace.log()
+
+
+def test_restart_reapplies_tenant_files_as_unchanged(
+    workspace: Workspace, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    for expected in ("created", "unchanged"):
+        server = workspace.serve()
+        processes.append(server)
+        workspace.wait_ready(server)
+        server.send_signal(signal.SIGTERM)
+        assert wait_exit(server) == 0
+        assert f'"tenant demo: {expected}"' in workspace.log()
+
+
+# --- (b) SIGTERM with a request in flight ------------------------------------------------
+
+
+@pytest.fixture
+def frozen_store_workspace(ferretdb: FerretDB, tmp_path: Path) -> Iterator[tuple[Workspace,
+                                                                             FerretDB]]:
+    """A workspace on a private FerretDB (``ferretdb`` is requested so the binary is built)."""
+    private = FerretDB(free_port(), tmp_path / "ferretdb")
+    private.state_dir.mkdir()
+    private.start()
+    (tmp_path / "tenants").mkdir()
+    shutil.copy(ROOT / "tenants" / "demo.toml", tmp_path / "tenants" / "demo.toml")
+    space = Workspace(tmp_path, free_port(), free_port(), private.url("kproc"))
+    space.write_config()
+    yield space, private
+    assert private.process is not None
+    private.process.send_signal(signal.SIGCONT)
+    private.stop()
+
+
+def send_raw(port: int, path: str) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=15)
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+    return sock
+
+
+def read_response(sock: socket.socket) -> tuple[int, bytes]:
+    """Read one response with a Content-Length body from a keep-alive connection."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), 0)
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return int(head.split(b" ", 2)[1]), body
+
+
+def refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+@pytest.mark.mongo
+def test_sigterm_finishes_the_request_in_flight_and_exits_0(
+    frozen_store_workspace: tuple[Workspace, FerretDB],
+    processes: list[subprocess.Popen[bytes]],
+) -> None:
+    space, store_server = frozen_store_workspace
+    assert store_server.process is not None
+    server = space.serve()
+    processes.append(server)
+    space.wait_ready(server)
+
+    # A keep-alive admin connection opened before shutdown, to observe draining through it.
+    observer = send_raw(space.admin_port, "/readyz")
+    assert read_response(observer)[0] == 200
+
+    # Freeze the store: a /readyz now waits on the store ping -- a request that stays in flight.
+    store_server.process.send_signal(signal.SIGSTOP)
+    try:
+        slow = send_raw(space.admin_port, "/readyz")
+        time.sleep(0.5)  # let the server start handling it (sequencing only, not asserted)
+        server.send_signal(signal.SIGTERM)
+
+        # Stop accepting: both listeners refuse new connections soon after SIGTERM.
+        end = time.monotonic() + 5.0
+        while not (refused(space.admin_port) and refused(space.public_port)):
+            if time.monotonic() > end:
+                pytest.fail("listeners still accepting 5 s after SIGTERM")
+            time.sleep(0.05)
+        # While draining, readiness says so (through the connection opened earlier).
+        observer.sendall(b"GET /readyz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        status, body = read_response(observer)
+        assert status == 503
+        assert json.loads(body) == {"error": "shutting down"}
+        assert server.poll() is None  # still waiting for the slow request
+    finally:
+        store_server.process.send_signal(signal.SIGCONT)
+
+    status, body = read_response(slow)
+    assert status == 200
+    assert json.loads(body)["status"] == "ready"
+    assert wait_exit(server) == 0
+    observer.close()
+    slow.close()
+    assert "Traceback" not in space.log()
+
+
+# --- (c) store unreachable at start ---------------------------------------------------------
+
+
+def test_store_unreachable_at_start_is_one_line_and_nonzero(workspace: Workspace) -> None:
+    write_new_key_file(workspace.root / "state" / "master.key")  # no dev-mode warning line
+    closed_port = free_port()
+    url = f"mongodb://operator:s3cretpw@127.0.0.1:{closed_port}/x"
+    result = workspace.cli("serve", "--config", str(workspace.config), "--storage-url", url,
+                           "--public-listen", f"127.0.0.1:{workspace.public_port}",
+                           "--admin-listen", f"127.0.0.1:{workspace.admin_port}", timeout=30)
+    assert result.returncode == 1
+    lines = stderr_lines(result)
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("kyc-host: store unavailable: ")
+    assert f"127.0.0.1:{closed_port}" in lines[0]
+    assert "s3cretpw" not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# --- (d) malformed settings and tenant files ------------------------------------------------
+
+
+def test_malformed_settings_file_exits_2_with_one_line(workspace: Workspace) -> None:
+    workspace.write_config(admin_listen="everywhere")
+    result = workspace.cli("serve", "--config", str(workspace.config))
+    assert result.returncode == 2
+    [line] = stderr_lines(result)
+    assert line.startswith(f"kyc-host: {workspace.config}: admin_listen: ")
+    assert "'everywhere'" in line
+
+
+def test_malformed_tenant_file_exits_2_with_one_line_and_applies_nothing(
+    workspace: Workspace,
+) -> None:
+    write_new_key_file(workspace.root / "state" / "master.key")  # no dev-mode warning line
+    bad = write_tenant(workspace.root / "tenants" / "zz-bad.toml", "bad", "bad.localhost",
+                       home_domain="x" * 60 + ".localhost")
+    result = workspace.cli("serve", "--config", str(workspace.config),
+                           "--public-listen", f"127.0.0.1:{workspace.public_port}",
+                           "--admin-listen", f"127.0.0.1:{workspace.admin_port}")
+    assert result.returncode == 2
+    [line] = stderr_lines(result)
+    assert line.startswith(f"kyc-host: {Path('tenants') / 'zz-bad.toml'}: home_domain: ")
+    assert "x" * 40 in line
+
+    # `tenant apply` of the directory: the good demo.toml is not applied either.
+    applied = workspace.cli("tenant", "apply", "tenants", "--config", str(workspace.config))
+    assert applied.returncode == 2
+    [line] = stderr_lines(applied)
+    assert str(bad.relative_to(workspace.root)) in line
+    assert applied.stdout == ""
+    listing = workspace.cli("tenant", "list", "--config", str(workspace.config))
+    assert listing.returncode == 0, listing.stderr
+    assert listing.stdout.strip() == "no tenants"
+
+
+# --- (e) tenant list, keys generate-master ---------------------------------------------------
+
+
+def test_tenant_list_and_generate_master(workspace: Workspace) -> None:
+    key_file = workspace.root / "state" / "master.key"
+    generated = workspace.cli("keys", "generate-master", "--file", str(key_file))
+    assert generated.returncode == 0, generated.stderr
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    original = key_file.read_text()
+    again = workspace.cli("keys", "generate-master", "--file", str(key_file))
+    assert again.returncode != 0
+    [line] = stderr_lines(again)
+    assert str(key_file) in line
+    assert "refusing to overwrite" in line
+    assert key_file.read_text() == original
+
+    applied = workspace.cli("tenant", "apply", "tenants", "--config", str(workspace.config))
+    assert applied.returncode == 0, applied.stderr
+    assert applied.stdout.strip() == "demo: created"
+    listing = workspace.cli("tenant", "list", "--config", str(workspace.config))
+    assert listing.returncode == 0, listing.stderr
+    [row] = listing.stdout.splitlines()
+    assert row.split()[:3] == ["demo", "active", "demo.localhost"]
+    rows = json.loads(workspace.cli("tenant", "list", "--json", "--config",
+                                    str(workspace.config)).stdout)
+    assert [(r["id"], r["status"], r["hosts"]) for r in rows] == [
+        ("demo", "active", ["demo.localhost"])]
+    assert rows[0]["signing_key"].startswith("G")
+    # The published key is in the listing; the secret never is.
+    assert "\"S" not in listing.stdout
