@@ -16,16 +16,18 @@ import signal
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
 
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.web import Application
 
 from kyc_host.crypto.master import KeyProvider, load_key_provider
+from kyc_host.net import SafeHttpClient
 from kyc_host.services import Services
 from kyc_host.settings import PlatformSettings
 from kyc_host.store import open_store
-from kyc_host.store.base import Store
+from kyc_host.store.base import Store, StoreUnavailable
 from kyc_host.tenancy.registry import TenantRegistry
 from kyc_host.tenancy.service import TenantService, read_tenant_files
 from kyc_host.web.base import AdminNotFoundHandler, NotFoundHandler, log_request
@@ -48,8 +50,22 @@ def init_keys(settings: PlatformSettings, environ: Mapping[str, str] | None) -> 
 
 async def init_store(settings: PlatformSettings) -> Store:
     store = open_store(settings.storage_url)
-    await store.start()
+    try:
+        await store.start()
+    except StoreUnavailable as exc:
+        await store.close()
+        # Name the store (never its password) so the one-line start-up error is actionable.
+        raise StoreUnavailable(f"{redact_url(settings.storage_url)}: {exc}") from None
     return store
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (safe for logs and error lines)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 async def init_tenant_files(settings: PlatformSettings, tenants: TenantService) -> None:
@@ -84,7 +100,7 @@ async def build_services(
         await store.close()
         raise
     return Services(settings=settings, store=store, keys=keys, tenants=tenants,
-                    registry=registry)
+                    registry=registry, http=SafeHttpClient(dev_mode=settings.dev_mode))
 
 
 # --- applications ---
@@ -137,6 +153,8 @@ class Server:
             await server.close_all_connections()
         await self.services.registry.stop()
         await self.services.store.close()
+        self.services.http.close()
+        self.services.horizon.close()
 
 
 Sockets = list[socket.socket]

@@ -70,7 +70,70 @@ def build_parser() -> argparse.ArgumentParser:
     gen = keys.add_parser("generate-master", help="write a new master key file (never overwrites)")
     gen.add_argument("--file", type=Path, default=Path(".kyc-host/master.key"))
     gen.set_defaults(run=_generate_master)
+    _token_parsers(commands)
+    _audit_parsers(commands)
     return parser
+
+
+def _days(raw: str) -> int:
+    if not raw.isdigit() or not 1 <= int(raw) <= 3650:
+        raise argparse.ArgumentTypeError("expected a whole number of days from 1 to 3650")
+    return int(raw)
+
+
+def _token_parsers(commands: Any) -> None:
+    token = commands.add_parser("token", help="management-API tokens").add_subparsers(
+        dest="token_command", required=True, metavar="ACTION")
+    create = token.add_parser("create", help="create a token (printed once)")
+    _common(create)
+    whose = create.add_mutually_exclusive_group(required=True)
+    whose.add_argument("--operator", action="store_true", help="an operator token")
+    whose.add_argument("--tenant", metavar="ID", help="a tenant-admin token of tenant ID")
+    create.add_argument("--scopes", nargs="+", metavar="SCOPE",
+                        help="scopes, space- or comma-separated (operator default: operator)")
+    create.add_argument("--expires-in", type=_days, metavar="DAYS", help="expire after DAYS")
+    create.add_argument("--note", help="what the token is for (shown in listings)")
+    create.add_argument("--json", action="store_true", help="machine-readable output")
+    create.set_defaults(run=_services_command, command="token_create")
+    listing = token.add_parser("list", help="list operator tokens, or a tenant's")
+    _common(listing)
+    listing.add_argument("--tenant", metavar="ID")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.set_defaults(run=_services_command, command="token_list")
+    revoke = token.add_parser("revoke", help="revoke a token by its prefix")
+    _common(revoke)
+    revoke.add_argument("prefix")
+    revoke.set_defaults(run=_services_command, command="token_revoke")
+
+
+def _audit_parsers(commands: Any) -> None:
+    audit = commands.add_parser("audit", help="audit logs").add_subparsers(
+        dest="audit_command", required=True, metavar="ACTION")
+    verify = audit.add_parser("verify", help="check a hash chain (exit 1 if tampered)")
+    _common(verify)
+    which = verify.add_mutually_exclusive_group(required=True)
+    which.add_argument("--tenant", metavar="ID")
+    which.add_argument("--platform", action="store_true", help="the platform audit log")
+    verify.add_argument("--json", action="store_true", help="machine-readable output")
+    verify.set_defaults(run=_services_command, command="audit_verify")
+
+
+def _services_command(args: argparse.Namespace) -> int:
+    """Run ``management.commands.<args.command>(services, args)`` with the store open; it
+    returns the exit code. (Imported here, so ``--help`` stays fast.)"""
+    from kyc_host.management import commands
+
+    command = getattr(commands, args.command)
+
+    async def go() -> int:
+        services = await _with_services(args)
+        try:
+            code: int = await command(services, args)
+        finally:
+            await services.store.close()
+        return code
+
+    return _run(go())
 
 
 def _settings(args: argparse.Namespace) -> PlatformSettings:

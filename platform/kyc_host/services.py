@@ -10,6 +10,8 @@ import asyncio
 from dataclasses import dataclass, field
 
 from kyc_host.crypto.master import KeyProvider
+from kyc_host.management.auth import TokenCache
+from kyc_host.net import HorizonClient, SafeHttpClient
 from kyc_host.settings import PlatformSettings
 from kyc_host.store.base import Store
 from kyc_host.tenancy.registry import TenantRegistry
@@ -50,4 +52,10 @@ class Services:
     tenants: TenantService
     registry: TenantRegistry
     inflight: Inflight = field(default_factory=Inflight)
+    #: Recent management-token verifications of this process (see management/auth.py).
+    token_cache: TokenCache = field(default_factory=TokenCache)
+    #: The one client for untrusted URLs (SSRF-safe); build_services sets dev mode from settings.
+    http: SafeHttpClient = field(default_factory=SafeHttpClient)
+    #: Account signers from a tenant's (operator-configured) Horizon.
+    horizon: HorizonClient = field(default_factory=HorizonClient)
     draining: bool = False

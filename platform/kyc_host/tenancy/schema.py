@@ -53,10 +53,20 @@ KNOWN_FILE_TYPES = frozenset({*DEFAULT_FILE_TYPES, "image/webp", "image/heic", "
 
 
 @dataclass(frozen=True, slots=True)
+class FieldOverride:
+    """A tenant's own wording (per ISO 639-1 language) or narrower choices for one field."""
+
+    descriptions: Mapping[str, str] = field(default_factory=dict)
+    choices: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class CustomerType:
     name: str
     required: tuple[str, ...]
     optional: tuple[str, ...]
+    #: ``[customer_types.<type>.fields.<field>]`` overrides, by field name as listed.
+    fields: Mapping[str, FieldOverride] = field(default_factory=dict)
 
 
 DEFAULT_MAX_FILE_BYTES = 10 * MIB  # SEP-12's suggested per-file limit
@@ -206,14 +216,53 @@ def _customer_types(top: Table) -> tuple[dict[str, CustomerType], str]:
         both = set(required) & set(optional)
         if both:
             raise section.error("optional", "field is also required", sorted(both)[0])
+        overrides = _field_overrides(section, {*required, *optional})
         section.finish()
-        types[name] = CustomerType(name, required, optional)
+        types[name] = CustomerType(name, required, optional, MappingProxyType(overrides))
     if not types:
         raise top.error("customer_types", "at least one customer type is required")
     default = top.string("default_customer_type", next(iter(types)))
     if default not in types:
         raise top.error("default_customer_type", "is not one of customer_types", default)
     return types, default
+
+
+def _field_overrides(section: Table, listed: set[str]) -> dict[str, FieldOverride]:
+    """``fields.<name>.description.<lang>`` and ``fields.<name>.choices`` of one type."""
+    table = section.table("fields")
+    overrides: dict[str, FieldOverride] = {}
+    for name in list(table.data):
+        if name not in listed:
+            raise table.error(str(name), "not a required or optional field of this type")
+        entry = table.table(name)
+        texts = entry.table("description")
+        descriptions: dict[str, str] = {}
+        for lang in list(texts.data):
+            if not isinstance(lang, str) or not re.fullmatch(r"[a-z]{2}", lang):
+                raise texts.error(str(lang), "expected an ISO 639-1 language code like en")
+            descriptions[lang] = texts.string(lang, max_len=500)
+        texts.finish()
+        choices = entry.strings("choices", None, max_items=200)
+        if choices is not None:
+            _check_choices(entry, name, choices)
+        entry.finish()
+        overrides[name] = FieldOverride(MappingProxyType(descriptions), choices)
+    table.finish()
+    return overrides
+
+
+def _check_choices(entry: Table, name: str, choices: tuple[str, ...]) -> None:
+    """Choices narrow a field: each must be a valid value of it, in normalized form."""
+    spec = sep9.FIELDS[name]
+    if spec.type is sep9.FieldType.BINARY:
+        raise entry.error("choices", "binary fields take files, not choices")
+    for choice in choices:
+        try:
+            valid = sep9.validate(spec, choice)
+        except sep9.FieldValueError as exc:
+            raise entry.error("choices", exc.reason, choice) from None
+        if valid != choice:
+            raise entry.error("choices", f"write it as {valid!r}", choice)
 
 
 def _is_type_name(name: str) -> bool:

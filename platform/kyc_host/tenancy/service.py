@@ -25,7 +25,7 @@ from typing import Any
 
 from kyc_host.crypto.master import KeyProvider
 from kyc_host.errors import ConfigError
-from kyc_host.store.base import DuplicateKeyError, Store, gte, in_, nin
+from kyc_host.store.base import DuplicateKeyError, Store, gt, gte, in_, nin
 from kyc_host.tenancy.schema import TenantConfig, parse_tenant
 from kyc_host.tenancy.secrets import generate_secrets, seed_from_env, unwrap_secrets, wrap_secrets
 
@@ -173,6 +173,42 @@ class TenantService:
 
     async def updated_since(self, timestamp: float) -> list[dict[str, Any]]:
         return await self.tenants.find({"updated_at": gte(timestamp)})
+
+    async def page(self, after: str | None, limit: int) -> list[dict[str, Any]]:
+        """Live tenants in id order, those after ``after`` (the management API's list)."""
+        flt: dict[str, Any] = {"status": in_(["active", "suspended"])}
+        if after:
+            flt["_id"] = gt(after)
+        return await self.tenants.find(flt, sort=[("_id", 1)], limit=limit)
+
+    async def get(self, tenant_id: str) -> dict[str, Any] | None:
+        """The record of a live (active or suspended) tenant; None if unknown or deleted."""
+        return await self.tenants.find_one(
+            {"_id": tenant_id, "status": in_(["active", "suspended"])})
+
+    async def offboard(self, tenant_id: str) -> dict[str, Any] | None:
+        """Offboard a tenant; returns the record as it was, None if there was no such tenant.
+
+        Order matters for a crash midway: first the record is marked ``deleted`` with a new
+        ``rev`` (every process drops the tenant within seconds) and its wrapped ``secrets``
+        are overwritten -- the tenant's key-encryption key, index key and signing seed exist
+        nowhere else, so every ciphertext of the tenant becomes unreadable (crypto-shredding);
+        then its hosts are freed and its data dropped. Calling it again on a deleted tenant
+        finishes an interrupted run.
+        """
+        current = await self.tenants.find_one({"_id": tenant_id})
+        if current is None:
+            return None
+        if current.get("status") != "deleted":
+            now = time.time()
+            await self.tenants.update_one(
+                {"_id": tenant_id},
+                set={"status": "deleted", "secrets": {"destroyed_at": now}, "deleted_at": now,
+                     "updated_at": now, "rev": uuid.uuid4().hex})
+            log.info("tenant %s offboarded", tenant_id, extra={"tenant": tenant_id})
+        await self.hosts.delete_many({"tenant": tenant_id})
+        await self.store.drop_tenant(tenant_id)
+        return current
 
 
 def _check_batch(docs: Sequence[TenantDocument]) -> None:

@@ -122,6 +122,9 @@ class BaseHandler(RequestHandler):
 
     def on_connection_close(self) -> None:
         self._uncount()
+        # Chain up: for @stream_request_body handlers this ends the wait for a body that
+        # will never arrive (Tornado's RequestHandler.on_connection_close).
+        super().on_connection_close()
 
     def _uncount(self) -> None:
         if self._counted:

@@ -1,0 +1,388 @@
+"""OpenAPI 3.1 documents served on the admin listener, written by hand as data.
+
+``DOCUMENTS`` maps a file name under ``/api/v1/`` to the function that builds it; the
+management API is ``openapi.json``. The wallet-facing SEP-1/10/12 document is meant to be
+added beside it (e.g. ``"wallet-openapi.json": wallet_document``) without touching the
+handler. Every operation carries ``x-scope`` (the scope it needs, or null) so tests can
+enumerate the routes; the tests validate this document and check every answer against it,
+so keep it in step with the handlers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from functools import cache
+from typing import Any
+
+from kyc_host.errors import NotFound
+from kyc_host.management.auth import ALL_SCOPES, TENANT_SCOPES
+from kyc_host.web.admin import AdminHandler
+
+API_VERSION = "1.0.0"
+_JSON = "application/json"
+_NULLABLE_STRING = {"type": ["string", "null"]}
+_TIME = {"type": "string", "format": "date-time"}
+_NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _content(schema: dict[str, Any]) -> dict[str, Any]:
+    return {_JSON: {"schema": schema}}
+
+
+def _ok(description: str, schema: str) -> dict[str, Any]:
+    return {"description": description, "content": _content(_ref(schema))}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    names = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound",
+             409: "Conflict", 413: "PayloadTooLarge", 503: "Unavailable"}
+    return {str(code): {"$ref": f"#/components/responses/{names[code]}"} for code in codes}
+
+
+def _param(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/parameters/{name}"}
+
+
+def _op(op_id: str, summary: str, scope: str | None, responses: dict[str, Any], *,
+        tenant: bool = False, params: tuple[str, ...] = (), body: str | None = None,
+        errors: tuple[int, ...] = ()) -> dict[str, Any]:
+    """One authenticated operation: 401 and 503 always; 403 with a scope; 404 on a tenant."""
+    codes = sorted({401, 503, *errors, *((403,) if scope else ()), *((404,) if tenant else ())})
+    op: dict[str, Any] = {
+        "operationId": op_id,
+        "summary": summary,
+        "x-scope": scope,
+        "security": [{"bearer": []}],
+        "responses": {**responses, **_errors(*codes)},
+    }
+    all_params = (("TenantId",) if tenant else ()) + params
+    if all_params:
+        op["parameters"] = [_param(p) for p in all_params]
+    if body:
+        op["requestBody"] = {"required": True, "content": _content(_ref(body))}
+    return op
+
+
+# --- schemas -------------------------------------------------------------------------------
+
+
+def _string_list(**extra: Any) -> dict[str, Any]:
+    return {"type": "array", "items": {"type": "string", "minLength": 1}, **extra}
+
+
+def _tenant_document() -> dict[str, Any]:
+    """The tenant file schema (tenancy/schema.py) as JSON Schema; unknown keys are rejected."""
+    customer_type = {
+        "type": "object", "additionalProperties": False,
+        "properties": {"required": _string_list(), "optional": _string_list()},
+    }
+    free_table = {"type": "object"}
+    return {
+        "type": "object",
+        "description": "The same document as a tenant TOML file, as JSON.",
+        "additionalProperties": False,
+        "required": ["id", "hosts", "home_domain", "network", "customer_types"],
+        "properties": {
+            "id": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,39}$"},
+            "name": {"type": "string", "minLength": 1, "maxLength": 200},
+            "hosts": _string_list(minItems=1, maxItems=50),
+            "home_domain": {"type": "string", "maxLength": 59},
+            "network": {"type": "string",
+                        "description": "testnet, public or a full network passphrase"},
+            "horizon_url": {"type": "string"},
+            "customer_types": {"type": "object", "minProperties": 1,
+                               "additionalProperties": customer_type},
+            "default_customer_type": {"type": "string"},
+            "status": {"enum": ["active", "suspended"]},
+            "plugin": {"type": "string"},
+            "plugin_settings": free_table,
+            "signing_key_env": {"type": "string"},
+            "limits": free_table,
+            "sep10": free_table,
+            "stellar_toml": free_table,
+        },
+    }
+
+
+def _schemas() -> dict[str, Any]:
+    jwk = {"type": "object", "required": ["kty", "kid"],
+           "properties": {k: {"type": "string"} for k in ("kty", "crv", "alg", "use", "kid",
+                                                          "x")}}
+    token_info: dict[str, Any] = {
+        "type": "object", "additionalProperties": False,
+        "required": ["prefix", "kind", "tenant", "scopes", "note", "created_at", "created_by",
+                     "expires_at", "revoked_at"],
+        "properties": {
+            "prefix": {"type": "string", "pattern": "^[0-9a-f]{10}$"},
+            "kind": {"enum": ["operator", "tenant"]},
+            "tenant": _NULLABLE_STRING,
+            "scopes": {"type": "array", "items": _ref("Scope")},
+            "note": {"type": "string"},
+            "created_at": _TIME,
+            "created_by": {"type": "string"},
+            "expires_at": _NULLABLE_TIME,
+            "revoked_at": _NULLABLE_TIME,
+        },
+    }
+    audit_entry = {
+        "type": "object", "additionalProperties": False,
+        "required": ["seq", "time", "actor", "action", "customer_id", "fields", "request_id",
+                     "details", "prev_hash", "hash"],
+        "properties": {
+            "seq": {"type": "integer", "minimum": 1},
+            "time": _TIME,
+            "actor": {"type": "string",
+                      "description": "token:<prefix>, cli, wallet or system"},
+            "action": {"type": "string"},
+            "customer_id": {"type": "string", "description": "empty when not about a customer"},
+            "fields": {"type": "array", "items": {"type": "string"},
+                       "description": "field names only, never values"},
+            "request_id": {"type": "string"},
+            "details": {"type": "object"},
+            "prev_hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            "hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+        },
+    }
+    return {
+        "Error": {"type": "object", "required": ["error"], "additionalProperties": False,
+                  "properties": {"error": {"type": "string"}}},
+        "Scope": {"enum": list(ALL_SCOPES)},
+        "TenantScope": {"enum": list(TENANT_SCOPES)},
+        "TenantDocument": _tenant_document(),
+        "Tenant": {
+            "type": "object", "additionalProperties": False,
+            "required": ["id", "status", "manager", "hosts", "home_domain", "signing_key",
+                         "jwks", "document", "rev", "created_at", "updated_at"],
+            "properties": {
+                "id": {"type": "string"},
+                "status": {"enum": ["active", "suspended"]},
+                "manager": {"type": "string", "description": "api or file:<path>"},
+                "hosts": _string_list(),
+                "home_domain": {"type": "string"},
+                "signing_key": {"type": "string", "pattern": "^G[A-Z2-7]{55}$",
+                                "description": "SEP-10 SIGNING_KEY (public)"},
+                "jwks": {"type": "object", "required": ["keys"],
+                         "properties": {"keys": {"type": "array", "items": jwk}}},
+                "document": _ref("TenantDocument"),
+                "rev": {"type": "string"},
+                "created_at": _TIME,
+                "updated_at": _TIME,
+            },
+        },
+        "TenantList": {
+            "type": "object", "additionalProperties": False,
+            "required": ["tenants", "next_cursor"],
+            "properties": {"tenants": {"type": "array", "items": _ref("Tenant")},
+                           "next_cursor": _NULLABLE_STRING},
+        },
+        "TokenInfo": token_info,
+        "NewToken": {
+            "type": "object", "additionalProperties": False,
+            "required": ["token", *token_info["required"]],
+            "properties": {"token": {"type": "string",
+                                     "pattern": "^kyc_[0-9a-f]{10}_[A-Za-z0-9_-]{43}$",
+                                     "description": "shown once; store it now"},
+                           **token_info["properties"]},
+        },
+        "TokenCreate": {
+            "type": "object", "additionalProperties": False, "required": ["scopes"],
+            "properties": {
+                "scopes": {"type": "array", "minItems": 1, "maxItems": 20,
+                           "items": _ref("TenantScope")},
+                "expires_in_days": {"type": "integer", "minimum": 1, "maximum": 3650},
+                "note": {"type": "string", "minLength": 1, "maxLength": 200},
+            },
+        },
+        "TokenList": {"type": "object", "additionalProperties": False, "required": ["tokens"],
+                      "properties": {"tokens": {"type": "array", "items": _ref("TokenInfo")}}},
+        "Whoami": {
+            "type": "object", "additionalProperties": False,
+            "required": ["prefix", "kind", "tenant", "scopes", "expires_at"],
+            "properties": {"prefix": {"type": "string"}, "kind": {"enum": ["operator", "tenant"]},
+                           "tenant": _NULLABLE_STRING,
+                           "scopes": {"type": "array", "items": _ref("Scope")},
+                           "expires_at": _NULLABLE_TIME},
+        },
+        "AuditEntry": audit_entry,
+        "AuditPage": {
+            "type": "object", "additionalProperties": False,
+            "required": ["entries", "next_cursor"],
+            "properties": {"entries": {"type": "array", "items": _ref("AuditEntry")},
+                           "next_cursor": _NULLABLE_STRING},
+        },
+        "AuditVerify": {
+            "type": "object", "additionalProperties": False,
+            "required": ["ok", "entries", "first_bad_seq", "problem"],
+            "properties": {"ok": {"type": "boolean"},
+                           "entries": {"type": "integer", "minimum": 0},
+                           "first_bad_seq": {"type": ["integer", "null"]},
+                           "problem": _NULLABLE_STRING},
+        },
+        "Health": {"type": "object", "required": ["status"],
+                   "properties": {"status": {"type": "string"}}},
+    }
+
+
+def _components() -> dict[str, Any]:
+    def error(description: str) -> dict[str, Any]:
+        return {"description": description, "content": _content(_ref("Error"))}
+
+    query = {"in": "query", "required": False}
+    return {
+        "securitySchemes": {"bearer": {
+            "type": "http", "scheme": "bearer", "bearerFormat": "kyc_<prefix>_<secret>",
+            "description": "A management token from `kyc-host token create` or the tokens "
+                           "routes. SEP-10 JWTs are not accepted here."}},
+        "parameters": {
+            "TenantId": {"name": "tenant_id", "in": "path", "required": True,
+                         "schema": {"type": "string"}},
+            "Prefix": {"name": "prefix", "in": "path", "required": True,
+                       "schema": {"type": "string"}},
+            "Limit": {"name": "limit", **query,
+                      "description": "page size; clamped to 1..200 (default 50)",
+                      "schema": {"type": "integer"}},
+            "Cursor": {"name": "cursor", **query, "description": "next_cursor of the last page",
+                       "schema": {"type": "string"}},
+            "Action": {"name": "action", **query, "schema": {"type": "string"}},
+            "CustomerId": {"name": "customer_id", **query, "schema": {"type": "string"}},
+            "Since": {"name": "since", **query,
+                      "description": "ISO-8601 time or Unix seconds",
+                      "schema": {"type": "string"}},
+        },
+        "responses": {
+            "BadRequest": error("Malformed body or parameter; the message names the key."),
+            "Unauthorized": error("No token, or a malformed, unknown, expired or revoked one."),
+            "Forbidden": error("The token lacks the scope this route needs."),
+            "NotFound": error("No such resource, or one of a tenant this token cannot reach."),
+            "Conflict": error("The tenant is file-managed, already exists, or a host is taken."),
+            "PayloadTooLarge": error("Request body over 1 MiB."),
+            "Unavailable": error("The store is unreachable; retry later."),
+        },
+        "schemas": _schemas(),
+    }
+
+
+def _tenant_paths() -> dict[str, Any]:
+    view = _ok("The tenant.", "Tenant")
+    return {
+        "/api/v1/tenants": {
+            "get": _op("listTenants", "List live tenants (id order)", "tenants:read",
+                       {"200": _ok("A page of tenants.", "TenantList")},
+                       params=("Limit", "Cursor"), errors=(400,)),
+            "post": _op("createTenant", "Onboard a tenant (operator token)", "tenants:write",
+                        {"201": _ok("Created; served on its hosts within seconds.", "Tenant")},
+                        body="TenantDocument", errors=(400, 409, 413)),
+        },
+        "/api/v1/tenants/{tenant_id}": {
+            "get": _op("getTenant", "Read one tenant", "tenants:read", {"200": view},
+                       tenant=True),
+            "put": _op("replaceTenant", "Replace an API-managed tenant's document",
+                       "tenants:write", {"200": view}, tenant=True, body="TenantDocument",
+                       errors=(400, 409, 413)),
+            "delete": _op("deleteTenant",
+                          "Offboard: stop serving, destroy keys, drop data, free hosts",
+                          "tenants:write", {"204": {"description": "Offboarded."}},
+                          tenant=True, errors=(409,)),
+        },
+        "/api/v1/tenants/{tenant_id}/suspend": {
+            "post": _op("suspendTenant", "Suspend (503 on its hosts)", "tenants:write",
+                        {"200": view}, tenant=True)},
+        "/api/v1/tenants/{tenant_id}/resume": {
+            "post": _op("resumeTenant", "Resume a suspended tenant", "tenants:write",
+                        {"200": view}, tenant=True)},
+    }
+
+
+def _token_and_audit_paths() -> dict[str, Any]:
+    audit_params = ("Action", "CustomerId", "Since", "Cursor", "Limit")
+    return {
+        "/api/v1/tenants/{tenant_id}/tokens": {
+            "get": _op("listTokens", "List the tenant's tokens (never secrets)", "tokens:write",
+                       {"200": _ok("Tokens.", "TokenList")}, tenant=True),
+            "post": _op("createToken", "Create a tenant token (within the caller's scopes)",
+                        "tokens:write", {"201": _ok("The token, shown once.", "NewToken")},
+                        tenant=True, body="TokenCreate", errors=(400, 413)),
+        },
+        "/api/v1/tenants/{tenant_id}/tokens/{prefix}": {
+            "delete": _op("revokeToken", "Revoke a token", "tokens:write",
+                          {"200": _ok("The revoked token.", "TokenInfo")}, tenant=True,
+                          params=("Prefix",)),
+        },
+        "/api/v1/tenants/{tenant_id}/audit": {
+            "get": _op("listAudit", "Read the tenant's audit log", "audit:read",
+                       {"200": _ok("A page of entries.", "AuditPage")}, tenant=True,
+                       params=audit_params, errors=(400,)),
+        },
+        "/api/v1/tenants/{tenant_id}/audit/verify": {
+            "get": _op("verifyAudit", "Verify the tenant's hash chain", "audit:read",
+                       {"200": _ok("Verification result.", "AuditVerify")}, tenant=True),
+        },
+        "/api/v1/audit": {
+            "get": _op("listPlatformAudit", "Read the platform audit log (operator token)",
+                       "audit:read", {"200": _ok("A page of entries.", "AuditPage")},
+                       params=audit_params, errors=(400,)),
+        },
+        "/api/v1/audit/verify": {
+            "get": _op("verifyPlatformAudit", "Verify the platform hash chain (operator token)",
+                       "audit:read", {"200": _ok("Verification result.", "AuditVerify")}),
+        },
+        "/api/v1/whoami": {
+            "get": _op("whoami", "The calling token", None, {"200": _ok("Token.", "Whoami")}),
+        },
+    }
+
+
+def _public_paths() -> dict[str, Any]:
+    def public(op_id: str, summary: str, schema: str, *extra: int) -> dict[str, Any]:
+        responses: dict[str, Any] = {"200": _ok(summary, schema)}
+        responses.update(_errors(*extra))
+        return {"get": {"operationId": op_id, "summary": summary, "security": [],
+                        "x-scope": None, "responses": responses}}
+
+    openapi = public("openapi", "This document", "Health")
+    openapi["get"]["responses"]["200"] = {"description": "This document",
+                                          "content": _content({"type": "object"})}
+    return {
+        "/healthz": public("healthz", "Liveness", "Health"),
+        "/readyz": public("readyz", "Readiness (store reachable, not draining)", "Health", 503),
+        "/api/v1/openapi.json": openapi,
+    }
+
+
+@cache
+def management_document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "kyc-host management API",
+            "version": API_VERSION,
+            "description": "Admin listener only; never reachable through a tenant host. "
+                           "Errors are {\"error\": message}. A tenant token naming another "
+                           "tenant gets 404, a missing scope 403, a bad token 401.",
+        },
+        "paths": {**_tenant_paths(), **_token_and_audit_paths(), **_public_paths()},
+        "components": _components(),
+    }
+
+
+#: File name under /api/v1/ -> builder. Add the wallet-facing document here.
+DOCUMENTS: dict[str, Callable[[], dict[str, Any]]] = {"openapi.json": management_document}
+
+
+class OpenApiHandler(AdminHandler):
+    """Serves a document of :data:`DOCUMENTS` (public: it describes, it does not grant)."""
+
+    def get(self, name: str) -> None:
+        build = DOCUMENTS.get(name)
+        if build is None:
+            raise NotFound("not found")
+        self.set_header("Cache-Control", "public, max-age=300")
+        self.finish(json.dumps(build(), separators=(",", ":")))
+
+
+routes = [(r"/api/v1/(?P<name>[a-z0-9-]*openapi[.]json)", OpenApiHandler)]

@@ -1,0 +1,77 @@
+"""Building one :class:`Sep12Service` per tenant version: repositories, plugin, runner.
+
+The service is built on a tenant's first SEP-12 request and kept on ``tenant.cache``, so a
+changed tenant (a new ``Tenant`` object) gets a fresh one with its new plugin and settings.
+A plugin that cannot be loaded makes that tenant's SEP-12 answer 503 (logged with the
+reason) and nobody else's; the failure is remembered until the tenant is applied again.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from kyc_host.crypto.records import TenantCipher
+from kyc_host.errors import ServiceUnavailable
+from kyc_host.hooks.context import CustomersView, TenantContext, TenantHttp, tenant_log
+from kyc_host.hooks.contract import CustomerHooks
+from kyc_host.hooks.loader import PluginError, load_plugin_class
+from kyc_host.hooks.runner import HookRunner
+from kyc_host.net.safe_http import SafeHttpClient
+from kyc_host.sep.sep12_service import Sep12Service
+from kyc_host.settings import PlatformSettings
+from kyc_host.store.base import Store
+from kyc_host.store.customers import CustomerRepository
+from kyc_host.store.files import FileRepository
+from kyc_host.tenancy.registry import Tenant
+
+log = logging.getLogger(__name__)
+
+
+def build_service(tenant: Tenant, store: Store, settings: PlatformSettings,
+                  http: SafeHttpClient | None = None,
+                  hooks: CustomerHooks | None = None) -> Sep12Service:
+    """Wire a tenant's repositories, plugin, context and runner. Raises PluginError.
+
+    ``hooks`` replaces the plugin named in the tenant config (the plugin test kit uses it).
+    """
+    config = tenant.config
+    cipher = TenantCipher(tenant.id, tenant.secrets.data_kek, tenant.secrets.index_key)
+    customers = CustomerRepository(store, tenant.id, cipher)
+    files = FileRepository(store, tenant.id, cipher)
+    if hooks is None:
+        hooks = _plugin_instance(config.plugin, settings)
+    ctx = TenantContext(tenant.id, config, CustomersView(customers, files),
+                        tenant_log(tenant.id, config.plugin),
+                        None if http is None else TenantHttp(http, tenant.id))
+    runner = HookRunner(hooks, ctx, config.limits.hook_timeout_seconds)
+    return Sep12Service(config, customers, files, runner, dev_mode=settings.dev_mode)
+
+
+def _plugin_instance(name: str | None, settings: PlatformSettings) -> CustomerHooks:
+    if name is None:
+        return CustomerHooks()
+    hooks_class = load_plugin_class(name, settings.plugins_dir)
+    try:
+        return hooks_class()
+    except Exception as exc:
+        raise PluginError(f"plugin {name!r}: creating Hooks() raised "
+                          f"{type(exc).__name__}") from exc
+
+
+def service_for(tenant: Tenant, store: Store, settings: PlatformSettings,
+                http: SafeHttpClient | None = None) -> Sep12Service:
+    """The tenant's service, built once per tenant version (``tenant.cache``)."""
+    service = tenant.cache.get("sep12")
+    if isinstance(service, Sep12Service):
+        return service
+    failure = tenant.cache.get("sep12_error")
+    if failure is None:
+        try:
+            service = tenant.cache["sep12"] = build_service(tenant, store, settings, http)
+            return service
+        except PluginError as exc:
+            # Remembered for this tenant version: fixing the plugin means re-applying it.
+            failure = tenant.cache["sep12_error"] = str(exc)
+            log.error("tenant %s: %s", tenant.id, failure, extra={"tenant": tenant.id})
+    raise ServiceUnavailable("the KYC service of this anchor is unavailable",
+                             log_detail=str(failure))

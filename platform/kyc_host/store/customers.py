@@ -1,0 +1,289 @@
+"""Customers of one tenant: identities, encrypted records, decisions, transaction bindings.
+
+Written once against :class:`~kyc_host.store.base.Collection`, so it runs on every backend.
+
+Data model (all collections tenant-bound):
+
+- ``identities``: one document per (account, memo) a customer is known by. ``_id`` is the
+  blind index of the identity key (``"G...|"`` or ``"G...|id:123"``), ``customer_id`` points
+  at the customer and ``account_ix`` is the blind index of the bare account (so a token for
+  ``G`` can reach the memo customers under it, SEP-12 §4.3). The store never holds an
+  account or memo in clear. Inserting an identity is the exclusivity primitive: two first
+  PUTs for one identity race on its ``_id`` and the loser adopts the winner's customer.
+  One customer may hold several identities (linked by the management API or plugins).
+- ``customers``: the record, with its own data key wrapped by the tenant key; every field
+  value, verification code, identity and callback URL is sealed under that key. Per-type
+  state (last computed status and the review decision) is kept in clear: it holds no PII.
+- ``transactions``: ``_id`` = blind index of a SEP-12 ``transaction_id`` -> ``customer_id``;
+  the first customer to use a transaction id owns it.
+
+A record is always written whole (``replace``), so a document is self-consistent even when
+two writers race: the last full write wins.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from kyc_host.crypto.records import RecordCipher, TenantCipher
+from kyc_host.sep.sep12_types import Decision
+from kyc_host.store.base import Doc, DuplicateKeyError, Store
+
+COLLECTION = "customers"
+
+
+def new_id() -> str:
+    """An unguessable id (UUID4: 122 random bits from the OS CSPRNG)."""
+    return str(uuid.uuid4())
+
+
+@dataclass(slots=True)
+class Verification:
+    """A field waiting for (or done with) a verification code (SEP-12 ``_verification``)."""
+
+    code: str | None
+    verified: bool = False
+    attempts: int = 0
+
+
+@dataclass(slots=True)
+class TypeState:
+    """What the platform knows about a customer for one customer type."""
+
+    status: str | None = None  # last computed status; lets callbacks see a change
+    decision: Decision | None = None
+
+
+@dataclass(slots=True)
+class CustomerRecord:
+    """A customer with its values decrypted. Mutate it, then ``CustomerRepository.save``."""
+
+    id: str
+    cipher: RecordCipher
+    wrapped_key: dict[str, Any]
+    created_at: float
+    updated_at: float
+    identities: dict[str, str] = field(default_factory=dict)  # identity index -> identity key
+    fields: dict[str, str] = field(default_factory=dict)  # SEP-9 name -> normalized value
+    files: dict[str, str] = field(default_factory=dict)  # binary SEP-9 name -> file id
+    verifications: dict[str, Verification] = field(default_factory=dict)
+    types: dict[str, TypeState] = field(default_factory=dict)
+    callback_url: str | None = None
+    callback_set_at: float | None = None
+
+    def type_state(self, type_name: str) -> TypeState:
+        return self.types.setdefault(type_name, TypeState())
+
+
+class CustomerRepository:
+    """The customers of one tenant. Every method is bound to that tenant's collections."""
+
+    def __init__(self, store: Store, tenant_id: str, cipher: TenantCipher) -> None:
+        self.tenant_id = tenant_id
+        self.cipher = cipher
+        self._customers = store.tenant(tenant_id, "customers")
+        self._identities = store.tenant(tenant_id, "identities")
+        self._transactions = store.tenant(tenant_id, "transactions")
+
+    # --- identities ---
+
+    def identity_index(self, identity_key: str) -> str:
+        return self.cipher.blind_index("identity", identity_key)
+
+    def account_index(self, account: str) -> str:
+        return self.cipher.blind_index("account", account)
+
+    async def customer_id_for(self, identity_key: str) -> str | None:
+        doc = await self._identities.find_one({"_id": self.identity_index(identity_key)})
+        return None if doc is None else str(doc["customer_id"])
+
+    async def claim_identity(self, identity_key: str, account: str, customer_id: str) -> str:
+        """Point the identity at ``customer_id`` unless it already points somewhere.
+
+        Returns the customer id the identity points at afterwards (the winner's, if another
+        request claimed it first). Insert-with-unique-``_id`` is atomic on every backend.
+        """
+        doc = {"_id": self.identity_index(identity_key), "customer_id": customer_id,
+               "account_ix": self.account_index(account), "created_at": time.time()}
+        try:
+            await self._identities.insert_one(doc)
+        except DuplicateKeyError:
+            winner = await self.customer_id_for(identity_key)
+            if winner is None:  # deleted in between: try once more
+                await self._identities.insert_one(doc)
+                return customer_id
+            return winner
+        return customer_id
+
+    async def link_identity(self, customer_id: str, identity_key: str, account: str) -> bool:
+        """Add an identity to an existing customer (management API, plugins).
+
+        False if the identity already belongs to another customer.
+        """
+        record = await self.load(customer_id)
+        if record is None:
+            return False
+        owner = await self.claim_identity(identity_key, account, customer_id)
+        if owner != customer_id:
+            return False
+        record.identities[self.identity_index(identity_key)] = identity_key
+        await self.save(record)
+        return True
+
+    async def reachable(self, customer_id: str, *, identity_key: str | None = None,
+                        account: str | None = None) -> bool:
+        """Whether the customer is known by this identity (or by any identity of ``account``)."""
+        flt: dict[str, Any] = {"customer_id": customer_id}
+        if identity_key is not None:
+            flt["_id"] = self.identity_index(identity_key)
+        elif account is not None:
+            flt["account_ix"] = self.account_index(account)
+        else:
+            raise ValueError("identity_key or account is required")
+        return await self._identities.find_one(flt) is not None
+
+    # --- records ---
+
+    def new(self, customer_id: str | None = None) -> CustomerRecord:
+        """A new, unsaved record with a fresh data key."""
+        record_id = customer_id or new_id()
+        cipher, wrapped = self.cipher.new_record(COLLECTION, record_id)
+        now = time.time()
+        return CustomerRecord(id=record_id, cipher=cipher, wrapped_key=wrapped,
+                              created_at=now, updated_at=now)
+
+    async def load(self, customer_id: str) -> CustomerRecord | None:
+        doc = await self._customers.find_one({"_id": customer_id})
+        return None if doc is None else self._decode(doc)
+
+    async def save(self, record: CustomerRecord) -> None:
+        """Write the whole record (create or replace)."""
+        record.updated_at = time.time()
+        doc = self._encode(record)
+        try:
+            await self._customers.replace_one({"_id": record.id}, doc, upsert=True)
+        except DuplicateKeyError:
+            # Two upserts of a new id raced; the other one created it, so replace it now.
+            await self._customers.replace_one({"_id": record.id}, doc)
+
+    async def delete(self, customer_id: str) -> bool:
+        """Erase the customer, its identities and transaction bindings (not its files).
+
+        Identities go first, so the customer stops being reachable before its data goes.
+        """
+        await self._identities.delete_many({"customer_id": customer_id})
+        await self._transactions.delete_many({"customer_id": customer_id})
+        return await self._customers.delete_one({"_id": customer_id}) == 1
+
+    async def set_decision(self, customer_id: str, type_name: str,
+                           decision: Decision | None) -> bool:
+        """Store (or clear, with None) the review decision for one customer type.
+
+        The management API calls this; returns False if the customer does not exist.
+        Raises ValueError for a malformed decision.
+        """
+        if decision is not None:
+            decision.check()
+        record = await self.load(customer_id)
+        if record is None:
+            return False
+        record.type_state(type_name).decision = decision
+        await self.save(record)
+        return True
+
+    async def callback_url(self, customer_id: str) -> str | None:
+        """The registered SEP-12 callback URL, decrypted (for the callback worker)."""
+        record = await self.load(customer_id)
+        return None if record is None else record.callback_url
+
+    async def verification_code(self, customer_id: str, field_name: str) -> str | None:
+        """The pending verification code of a field (for plugins and tests); None if none."""
+        record = await self.load(customer_id)
+        if record is None:
+            return None
+        pending = record.verifications.get(field_name)
+        return None if pending is None or pending.verified else pending.code
+
+    # --- transactions ---
+
+    async def bind_transaction(self, transaction_id: str, customer_id: str) -> bool:
+        """Bind a transaction id to the customer on first use; False if another owns it."""
+        ix = self.cipher.blind_index("transaction", transaction_id)
+        try:
+            await self._transactions.insert_one({"_id": ix, "customer_id": customer_id})
+        except DuplicateKeyError:
+            owner = await self.transaction_owner(transaction_id)
+            return owner in (None, customer_id)
+        return True
+
+    async def transaction_owner(self, transaction_id: str) -> str | None:
+        doc = await self._transactions.find_one(
+            {"_id": self.cipher.blind_index("transaction", transaction_id)})
+        return None if doc is None else str(doc["customer_id"])
+
+    # --- encoding ---
+
+    def _encode(self, record: CustomerRecord) -> Doc:
+        seal = record.cipher.seal_text
+        callback = None
+        if record.callback_url is not None:
+            callback = {"url": seal("callback_url", record.callback_url),
+                        "set_at": record.callback_set_at}
+        return {
+            "_id": record.id,
+            "v": 1,
+            "key": record.wrapped_key,
+            "created_at": record.created_at,
+            "updated_at": record.updated_at,
+            "identities": [{"ix": ix, "value": seal(f"identity:{ix}", key)}
+                           for ix, key in record.identities.items()],
+            "fields": [{"name": n, "value": seal(f"field:{n}", v)}
+                       for n, v in record.fields.items()],
+            "files": [{"name": n, "file_id": f} for n, f in record.files.items()],
+            "verifications": [
+                {"field": n, "verified": v.verified, "attempts": v.attempts,
+                 "code": None if v.code is None else seal(f"verification:{n}", v.code)}
+                for n, v in record.verifications.items()],
+            "types": [{"type": t, "status": s.status,
+                       "decision": None if s.decision is None else s.decision.to_doc()}
+                      for t, s in record.types.items()],
+            "callback": callback,
+        }
+
+    def _decode(self, doc: Doc) -> CustomerRecord:
+        cipher = self.cipher.open_record(COLLECTION, str(doc["_id"]), doc["key"])
+        opened = cipher.open_text
+        callback = doc.get("callback")
+        return CustomerRecord(
+            id=str(doc["_id"]),
+            cipher=cipher,
+            wrapped_key=doc["key"],
+            created_at=doc["created_at"],
+            updated_at=doc["updated_at"],
+            identities={i["ix"]: opened(f"identity:{i['ix']}", i["value"])
+                        for i in doc.get("identities", [])},
+            fields={f["name"]: opened(f"field:{f['name']}", f["value"])
+                    for f in doc.get("fields", [])},
+            files={f["name"]: f["file_id"] for f in doc.get("files", [])},
+            verifications={v["field"]: _verification(cipher, v)
+                           for v in doc.get("verifications", [])},
+            types={t["type"]: TypeState(t.get("status"), _decision(t.get("decision")))
+                   for t in doc.get("types", [])},
+            callback_url=None if not callback else opened("callback_url", callback["url"]),
+            callback_set_at=None if not callback else callback.get("set_at"),
+        )
+
+
+def _verification(cipher: RecordCipher, doc: dict[str, Any]) -> Verification:
+    code = doc.get("code")
+    return Verification(
+        code=None if code is None else cipher.open_text(f"verification:{doc['field']}", code),
+        verified=bool(doc.get("verified")), attempts=int(doc.get("attempts", 0)))
+
+
+def _decision(doc: dict[str, Any] | None) -> Decision | None:
+    return None if doc is None else Decision.from_doc(doc)
+

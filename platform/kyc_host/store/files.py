@@ -1,0 +1,166 @@
+"""Uploaded files of one tenant (SEP-12 ``/customer/files`` and binary SEP-9 fields).
+
+- ``files``: the file object: id, content type (decided from the bytes, never the client's
+  word), size, owner (blind index of the uploading identity and of its account), the
+  customer it is attached to, expiry while unattached, a keyed digest of the contents (to
+  tell an identical re-upload) and the file's own data key wrapped by the tenant key.
+- ``blobs``: the contents, split into chunks of at most 1 MiB (far below every backend's
+  document limit), each sealed with associated data naming the file, the chunk number and
+  the chunk count, so chunks cannot be swapped, dropped or moved to another file.
+
+The client's filename is never stored. Sealing and opening big files runs in a worker thread
+so a 10 MB upload does not stall the event loop for other tenants.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from kyc_host.crypto.records import RecordCipher, TenantCipher
+from kyc_host.store.base import Doc, Store, in_, lt
+from kyc_host.store.customers import new_id
+
+T = TypeVar("T")
+COLLECTION = "files"
+CHUNK_BYTES = 1024 * 1024
+#: Files larger than this are sealed/opened in a worker thread instead of on the loop.
+THREAD_THRESHOLD = 256 * 1024
+#: How long an uploaded file that no customer references is kept (SEP-12 ``expires_at``).
+UNATTACHED_TTL_SECONDS = 24 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    """A stored file's metadata (never its contents)."""
+
+    id: str
+    content_type: str
+    size: int
+    created_at: float
+    expires_at: float | None  # None once attached to a customer
+    customer_id: str | None
+    owner_ix: str
+    account_ix: str
+    digest: str
+
+
+class FileRepository:
+    def __init__(self, store: Store, tenant_id: str, cipher: TenantCipher) -> None:
+        self.tenant_id = tenant_id
+        self.cipher = cipher
+        self._files = store.tenant(tenant_id, "files")
+        self._blobs = store.tenant(tenant_id, "blobs")
+
+    def digest(self, data: bytes) -> str:
+        return self.cipher.digest("file", data)
+
+    async def create(self, data: bytes, content_type: str, *, owner_ix: str, account_ix: str,
+                     customer_id: str | None = None, attached: bool = False) -> FileInfo:
+        """Encrypt and store a file; the file object is written last, after every chunk.
+
+        ``attached`` files are referenced by a customer field already and never expire;
+        others expire after UNATTACHED_TTL_SECONDS unless a PUT references them first.
+        """
+        file_id = new_id()
+        cipher, wrapped = self.cipher.new_record(COLLECTION, file_id)
+        chunks = await _maybe_threaded(len(data), _seal_chunks, cipher, data)
+        for n, blob in enumerate(chunks):
+            await self._blobs.insert_one({"_id": _chunk_id(file_id, n), "data": blob})
+        now = time.time()
+        info = FileInfo(id=file_id, content_type=content_type, size=len(data), created_at=now,
+                        expires_at=None if attached else now + UNATTACHED_TTL_SECONDS,
+                        customer_id=customer_id, owner_ix=owner_ix, account_ix=account_ix,
+                        digest=self.digest(data))
+        await self._files.insert_one({**_info_doc(info), "key": wrapped,
+                                      "chunks": len(chunks)})
+        return info
+
+    async def get(self, file_id: str) -> FileInfo | None:
+        doc = await self._files.find_one({"_id": file_id})
+        return None if doc is None else _info(doc)
+
+    async def for_customer(self, customer_id: str) -> list[FileInfo]:
+        docs = await self._files.find({"customer_id": customer_id}, sort=[("created_at", 1)],
+                                      limit=1000)
+        return [_info(d) for d in docs]
+
+    async def attach(self, file_id: str, customer_id: str) -> None:
+        """Attach a file to a customer; it no longer expires."""
+        await self._files.update_one({"_id": file_id},
+                                     set={"customer_id": customer_id, "expires_at": None})
+
+    async def read(self, file_id: str) -> bytes | None:
+        """The decrypted contents, or None if the file does not exist."""
+        doc = await self._files.find_one({"_id": file_id})
+        if doc is None:
+            return None
+        cipher = self.cipher.open_record(COLLECTION, file_id, doc["key"])
+        count = int(doc["chunks"])
+        ids = [_chunk_id(file_id, n) for n in range(count)]
+        by_id = {b["_id"]: b["data"] for b in await self._blobs.find({"_id": in_(ids)})}
+        blobs = [by_id[i] for i in ids]
+        return await _maybe_threaded(int(doc["size"]), _open_chunks, cipher, file_id, blobs)
+
+    async def delete(self, file_ids: Sequence[str]) -> int:
+        """Delete files and their contents (object first, so it stops being listed)."""
+        deleted = 0
+        for file_id in file_ids:
+            doc = await self._files.find_one({"_id": file_id})
+            if doc is None:
+                continue
+            deleted += await self._files.delete_one({"_id": file_id})
+            ids = [_chunk_id(file_id, n) for n in range(int(doc["chunks"]))]
+            await self._blobs.delete_many({"_id": in_(ids)})
+        return deleted
+
+    async def delete_for_customer(self, customer_id: str) -> int:
+        return await self.delete([f.id for f in await self.for_customer(customer_id)])
+
+    async def purge_expired(self, now: float | None = None) -> int:
+        """Delete files that were never attached to a customer before they expired."""
+        cutoff = time.time() if now is None else now
+        docs = await self._files.find({"expires_at": lt(cutoff)}, limit=1000)
+        return await self.delete([str(d["_id"]) for d in docs if d.get("expires_at")])
+
+
+def _chunk_id(file_id: str, n: int) -> str:
+    return f"{file_id}.{n}"
+
+
+def _chunk_field(n: int, count: int) -> str:
+    return f"chunk:{n}/{count}"
+
+
+def _seal_chunks(cipher: RecordCipher, data: bytes) -> list[bytes]:
+    count = max(1, -(-len(data) // CHUNK_BYTES))
+    return [cipher.seal(_chunk_field(n, count), data[n * CHUNK_BYTES:(n + 1) * CHUNK_BYTES])
+            for n in range(count)]
+
+
+def _open_chunks(cipher: RecordCipher, file_id: str, blobs: list[bytes]) -> bytes:
+    count = len(blobs)
+    return b"".join(cipher.open(_chunk_field(n, count), blob) for n, blob in enumerate(blobs))
+
+
+async def _maybe_threaded(size: int, fn: Callable[..., T], *args: Any) -> T:
+    if size > THREAD_THRESHOLD:
+        return await asyncio.to_thread(fn, *args)
+    return fn(*args)
+
+
+def _info_doc(info: FileInfo) -> Doc:
+    return {"_id": info.id, "content_type": info.content_type, "size": info.size,
+            "created_at": info.created_at, "expires_at": info.expires_at,
+            "customer_id": info.customer_id, "owner": info.owner_ix,
+            "owner_account": info.account_ix, "digest": info.digest}
+
+
+def _info(doc: Doc) -> FileInfo:
+    return FileInfo(id=str(doc["_id"]), content_type=doc["content_type"], size=int(doc["size"]),
+                    created_at=doc["created_at"], expires_at=doc.get("expires_at"),
+                    customer_id=doc.get("customer_id"), owner_ix=doc["owner"],
+                    account_ix=doc["owner_account"], digest=doc["digest"])

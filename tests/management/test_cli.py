@@ -1,0 +1,123 @@
+"""``kyc-host token create/list/revoke`` and ``kyc-host audit verify`` as an operator runs them
+(``python -m kyc_host`` in a subprocess) against the store a running server uses.
+
+Each process pays ~2 s of imports, so independent invocations run concurrently."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from mgmt_helpers import Api, OpenApiChecker, checker_fixture  # noqa: F401 - fixtures
+
+from conftest import MakeServer, make_tenant_doc
+from kyc_host import audit
+from kyc_host.settings import PlatformSettings
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+async def cli(settings: PlatformSettings, cwd: Path, *args: str) -> Result:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KYC_HOST_")}
+    store = ["--storage-url", settings.storage_url,
+             "--master-key-file", str(settings.master_key_file), "--dev"]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "kyc_host", *args, *store, cwd=cwd, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return Result(proc.returncode, out.decode(), err.decode())
+
+
+async def test_operator_bootstraps_with_the_cli(make_server: MakeServer,
+                                                settings: PlatformSettings, tmp_path: Path,
+                                                checker: OpenApiChecker) -> None:
+    srv = await make_server(make_tenant_doc("t1", ["a.test"]))
+    api = Api(srv, checker)
+
+    made = await cli(settings, tmp_path, "token", "create", "--operator", "--json")
+    assert made.returncode == 0, made.stderr
+    operator = json.loads(made.stdout)
+    assert operator["kind"] == "operator"
+    assert operator["scopes"] == ["operator"]
+    onboarded = await api.call("POST", "/api/v1/tenants", token=operator["token"],
+                               body=make_tenant_doc("t2", ["b.test"]))
+    assert onboarded.status == 201
+
+    text, *bad = await asyncio.gather(
+        cli(settings, tmp_path, "token", "create", "--tenant", "t2", "--scopes",
+            "audit:read,tokens:write", "--expires-in", "30", "--note", "ops"),
+        # Bad usage: exit 2 with one line naming the problem.
+        cli(settings, tmp_path, "token", "create", "--tenant", "nope", "--scopes", "audit:read"),
+        cli(settings, tmp_path, "token", "create", "--tenant", "t2", "--scopes", "operator"))
+    assert text.returncode == 0, text.stderr
+    assert "shown only once" in text.stdout
+    assert [(r.returncode, r.stderr.strip().splitlines()[-1]) for r in bad] == [
+        (2, "kyc-host: no tenant 'nope'"),
+        (2, "kyc-host: scope 'operator' is for operator tokens only")]
+    tenant_token = next(line.split()[-1] for line in text.stdout.splitlines()
+                        if line.strip().startswith("token:"))
+    who = await api.call("GET", "/api/v1/whoami", token=tenant_token)
+    assert who.body["tenant"] == "t2"
+    assert who.body["scopes"] == ["audit:read", "tokens:write"]
+    assert who.body["expires_at"] is not None
+
+    listed, operators, revoked, unknown = await asyncio.gather(
+        cli(settings, tmp_path, "token", "list", "--tenant", "t2"),
+        cli(settings, tmp_path, "token", "list", "--json"),
+        cli(settings, tmp_path, "token", "revoke", who.body["prefix"]),
+        cli(settings, tmp_path, "token", "revoke", "ffffffffff"))
+    assert listed.returncode == 0
+    assert who.body["prefix"] in listed.stdout
+    assert tenant_token not in listed.stdout
+    assert "ops" in listed.stdout
+    assert [t["prefix"] for t in json.loads(operators.stdout)] == [operator["prefix"]]
+    assert revoked.returncode == 0, revoked.stderr
+    assert unknown.returncode == 1
+    assert "no token" in unknown.stderr
+
+    srv.services.token_cache.forget(prefix=who.body["prefix"])  # skip the 10 s cache here
+    assert (await api.call("GET", "/api/v1/whoami", token=tenant_token)).status == 401
+    tokens = await api.call("GET", "/api/v1/tenants/t2/tokens", token=operator["token"])
+    assert tokens.body["tokens"][0]["revoked_at"] is not None
+    # The CLI's own actions are in the logs, with actor "cli".
+    log = await api.call("GET", "/api/v1/tenants/t2/audit", token=operator["token"])
+    assert [(e["action"], e["actor"]) for e in log.body["entries"]] == [
+        ("tenant.create", f"token:{operator['prefix']}"), ("token.create", "cli"),
+        ("token.revoke", "cli")]
+    platform = await api.call("GET", "/api/v1/audit", token=operator["token"])
+    assert [e["action"] for e in platform.body["entries"]] == ["token.create", "tenant.create"]
+
+
+async def test_audit_verify_exit_codes(make_server: MakeServer, settings: PlatformSettings,
+                                       tmp_path: Path) -> None:
+    srv = await make_server(make_tenant_doc("t1", ["a.test"]))
+    store = srv.services.store
+    for i in range(4):
+        await audit.record(store, "t1", actor="system", action="test.step", request_id=str(i))
+    ok, unknown = await asyncio.gather(
+        cli(settings, tmp_path, "audit", "verify", "--tenant", "t1"),
+        cli(settings, tmp_path, "audit", "verify", "--tenant", "nope"))
+    assert ok.returncode == 0
+    assert "4 entries" in ok.stdout
+    assert "intact" in ok.stdout
+    assert unknown.returncode == 2
+    assert "no tenant" in unknown.stderr
+
+    await store.tenant("t1", "audit").delete_one({"seq": 3})
+    gone, as_json = await asyncio.gather(
+        cli(settings, tmp_path, "audit", "verify", "--tenant", "t1"),
+        cli(settings, tmp_path, "audit", "verify", "--tenant", "t1", "--json"))
+    assert gone.returncode == 1
+    assert "seq 3" in gone.stdout
+    assert "missing" in gone.stdout
+    assert json.loads(as_json.stdout)["first_bad_seq"] == 3

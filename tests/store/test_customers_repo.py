@@ -1,0 +1,121 @@
+"""Customer, identity and file repositories on both backends (store/customers.py, files.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import pytest
+
+from kyc_host.crypto.aead import DecryptionError
+from kyc_host.crypto.records import TenantCipher
+from kyc_host.sep.sep12_types import CustomerStatus, Decision, FieldDecision, FieldStatus
+from kyc_host.store.base import Store
+from kyc_host.store.customers import CustomerRepository, Verification, new_id
+from kyc_host.store.files import CHUNK_BYTES, FileRepository
+
+G1 = "GA7QYNF7SOWQ3GLR2BGMZEHXAVIRZA4KVWLTJJFC7MGXUA74P7UJVSGZ"
+G2 = "GBBD47IF6LWK7P7MDEVSCWR7DPUWV3NY3DTQEVFL4NAT4AQH3ZLLFLA5"
+
+
+def cipher(tenant_id: str) -> TenantCipher:
+    return TenantCipher(tenant_id, os.urandom(32), os.urandom(32))
+
+
+async def test_record_round_trip_and_tenant_binding(store: Store) -> None:
+    repo = CustomerRepository(store, "t1", cipher("t1"))
+    record = repo.new()
+    record.identities[repo.identity_index(f"{G1}|")] = f"{G1}|"
+    record.fields.update({"first_name": "Ada", "organization.name": "Analytical Engines"})
+    record.files["photo_id_front"] = new_id()
+    record.verifications["mobile_number"] = Verification("123456", attempts=2)
+    record.type_state("individual").decision = Decision(
+        CustomerStatus.PROCESSING, "Under review",
+        {"first_name": FieldDecision(FieldStatus.REJECTED, "Does not match the ID")})
+    record.callback_url = "https://wallet.example/cb"
+    await repo.save(record)
+    loaded = await repo.load(record.id)
+    assert loaded is not None
+    for name in ("identities", "fields", "files", "verifications", "types", "callback_url"):
+        assert getattr(loaded, name) == getattr(record, name), name
+    other_tenant = CustomerRepository(store, "t2", cipher("t2"))
+    assert await other_tenant.load(record.id) is None
+    assert await repo.verification_code(record.id, "mobile_number") == "123456"
+    assert await repo.callback_url(record.id) == "https://wallet.example/cb"
+
+
+async def test_set_decision(store: Store) -> None:
+    repo = CustomerRepository(store, "t1", cipher("t1"))
+    record = repo.new()
+    await repo.save(record)
+    assert not await repo.set_decision(new_id(), "individual", Decision(CustomerStatus.ACCEPTED))
+    with pytest.raises(ValueError, match="message"):
+        await repo.set_decision(record.id, "individual", Decision(CustomerStatus.REJECTED))
+    decision = Decision(CustomerStatus.REJECTED, "Sanctions match")
+    assert await repo.set_decision(record.id, "individual", decision)
+    loaded = await repo.load(record.id)
+    assert loaded is not None
+    assert loaded.types["individual"].decision == decision
+    assert await repo.set_decision(record.id, "individual", None)
+    cleared = await repo.load(record.id)
+    assert cleared is not None
+    assert cleared.types["individual"].decision is None
+
+
+async def test_identity_claims_converge_and_link(store: Store) -> None:
+    repo = CustomerRepository(store, "t1", cipher("t1"))
+    key = f"{G1}|id:5"
+    candidates = [new_id() for _ in range(20)]
+    winners = await asyncio.gather(*[repo.claim_identity(key, G1, c) for c in candidates])
+    assert len(set(winners)) == 1
+    assert winners[0] in candidates
+    record = repo.new(winners[0])
+    await repo.save(record)
+    assert await repo.link_identity(record.id, f"{G2}|", G2)
+    assert await repo.customer_id_for(f"{G2}|") == record.id
+    assert await repo.reachable(record.id, account=G2)
+    assert await repo.reachable(record.id, identity_key=key)
+    assert not await repo.reachable(record.id, identity_key=f"{G1}|id:6")
+    other = repo.new()
+    await repo.save(other)
+    assert not await repo.link_identity(other.id, key, G1)  # already someone else's
+    assert await repo.delete(record.id)
+    assert await repo.customer_id_for(key) is None
+    assert await repo.customer_id_for(f"{G2}|") is None
+
+
+async def test_transaction_binding(store: Store) -> None:
+    repo = CustomerRepository(store, "t1", cipher("t1"))
+    one, two = new_id(), new_id()
+    assert await repo.bind_transaction("tx-1", one)
+    assert await repo.bind_transaction("tx-1", one)
+    assert not await repo.bind_transaction("tx-1", two)
+    assert await repo.transaction_owner("tx-1") == one
+    assert await repo.transaction_owner("tx-2") is None
+
+
+async def test_files_are_chunked_sealed_and_bound(store: Store) -> None:
+    tenant_cipher = cipher("t1")
+    files = FileRepository(store, "t1", tenant_cipher)
+    data = os.urandom(2 * CHUNK_BYTES + 17)
+    info = await files.create(data, "application/pdf", owner_ix="o", account_ix="a")
+    assert info.expires_at is not None
+    assert info.customer_id is None
+    assert await files.read(info.id) == data
+    small = await files.create(b"%PDF-small", "application/pdf", owner_ix="o",
+                               account_ix="a", customer_id="c", attached=True)
+    assert small.expires_at is None
+    # Swapping two chunks (or moving one to another file) breaks authentication.
+    blobs = store.tenant("t1", "blobs")
+    first, second = (await blobs.find_one({"_id": f"{info.id}.0"}),
+                     await blobs.find_one({"_id": f"{info.id}.1"}))
+    assert first is not None
+    assert second is not None
+    await blobs.replace_one({"_id": f"{info.id}.0"}, {**second, "_id": f"{info.id}.0"})
+    with pytest.raises(DecryptionError):
+        await files.read(info.id)
+    assert await files.purge_expired(time.time() + 48 * 3600) == 1
+    assert await files.get(info.id) is None
+    assert await blobs.count({}) == 1
+    assert await files.read(small.id) == b"%PDF-small"
