@@ -8,7 +8,8 @@ are only ever stored wrapped under the master key.
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -320,3 +321,25 @@ async def test_secrets_blob_copied_to_another_tenant_fails_to_unwrap(
     with pytest.raises(DecryptionError):
         _ = tenant_two.secrets
     assert tenant_one.secrets.signing_keypair.public_key.startswith("G")
+
+
+async def test_operator_suspension_survives_edits_of_the_file_until_resumed(
+    store: Store, tenant_doc: Callable[..., dict[str, Any]]
+) -> None:
+    """`kyc-host tenant suspend` is an operational hold: changing the tenant's document does
+    not lift it; only an explicit resume does."""
+    service = TenantService(store, LocalKeyProvider({1: os.urandom(32)}), {})
+    doc = tenant_doc("t1", ["a.test"])
+    await service.apply([TenantDocument(parse_tenant(doc, "f.toml"), doc, "file:f.toml")])
+    assert await service.set_status("t1", "suspended")
+    edited = {**doc, "name": "Renamed"}
+    results = await service.apply([TenantDocument(parse_tenant(edited, "f.toml"), edited,
+                                                  "file:f.toml")])
+    assert results[0].action == "updated"
+    assert (await service.get("t1"))["status"] == "suspended"  # type: ignore[index]
+    assert await service.set_status("t1", "active")
+    assert (await service.get("t1"))["status"] == "active"  # type: ignore[index]
+    renamed_again = {**doc, "name": "Again"}
+    await service.apply([TenantDocument(parse_tenant(renamed_again, "f.toml"), renamed_again,
+                                        "file:f.toml")])
+    assert (await service.get("t1"))["status"] == "active"  # type: ignore[index]

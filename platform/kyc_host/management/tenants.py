@@ -169,9 +169,9 @@ class TenantHandler(_TenantBase):
 class TenantStatusHandler(_TenantBase):
     """``/suspend`` and ``/resume``: 503 on the tenant's hosts while suspended.
 
-    An API-managed tenant's document is re-applied with the new ``status`` (so the stored
-    document never disagrees with the status); a file-managed one is switched like
-    ``kyc-host tenant suspend`` does -- an operational switch, not a configuration change.
+    An operational switch, not a configuration change, and the same one as ``kyc-host tenant
+    suspend``: the record's status changes and the hold survives later edits of the tenant's
+    document until an explicit resume (TenantService.set_status).
     """
 
     def initialize(self, status: str) -> None:
@@ -181,11 +181,7 @@ class TenantStatusHandler(_TenantBase):
     async def post(self, tenant_id: str) -> None:
         record = await self._record(tenant_id)
         changed = record["status"] != self.target
-        if changed and _file_managed(record) is None:
-            doc = dict(record["config"])
-            doc["status"] = self.target
-            await self._apply(parse_document(doc))
-        elif changed:
+        if changed:
             await self.services.tenants.set_status(tenant_id, self.target)
             await self.services.registry.refresh()
         record = await self._record(tenant_id)

@@ -129,12 +129,16 @@ class TenantService:
             secrets = generate_secrets(env_seed)
             await self.store.prepare_tenant(cfg.id)
         await self._claim_hosts(cfg, doc.source)
+        held = bool(alive and current and current.get("suspended_by_operator"))
         now = time.time()
         record = {
             "_id": cfg.id,
             "config": dict(doc.raw),
             "manager": doc.manager,
-            "status": cfg.status,
+            # An operator's suspension (set_status) outlives edits of the document itself;
+            # only an explicit resume lifts it.
+            "status": "suspended" if cfg.status == "suspended" or held else "active",
+            "suspended_by_operator": held,
             "secrets": wrap_secrets(self.keys, cfg.id, secrets),
             "created_at": current["created_at"] if alive and current else now,
             "updated_at": now,
@@ -160,7 +164,8 @@ class TenantService:
     async def set_status(self, tenant_id: str, status: str) -> bool:
         matched = await self.tenants.update_one(
             {"_id": tenant_id, "status": in_(["active", "suspended"])},
-            set={"status": status, "updated_at": time.time(), "rev": uuid.uuid4().hex})
+            set={"status": status, "suspended_by_operator": status == "suspended",
+                 "updated_at": time.time(), "rev": uuid.uuid4().hex})
         return matched == 1
 
     async def list_all(self) -> list[dict[str, Any]]:
