@@ -208,9 +208,27 @@ def run(settings: PlatformSettings, workers: int = 1) -> int:
     """
     if workers <= 1:
         return asyncio.run(serve(settings))
+    _share_metrics_between_workers()
     asyncio.run(_prepare_store(settings))
     listeners = bind_listeners(settings)
     return _supervise(settings, workers, listeners)
+
+
+def _share_metrics_between_workers() -> None:
+    """Switch prometheus_client to its multi-process mode before the workers fork.
+
+    The value backend is chosen when prometheus_client is imported, which already happened;
+    so after setting the directory we re-select it (the library's own selection function).
+    """
+    import tempfile
+
+    from prometheus_client import values
+
+    from kyc_host.metrics import MULTIPROC_ENV
+
+    if not os.environ.get(MULTIPROC_ENV):
+        os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="kyc-host-metrics-")
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
 
 
 def _supervise(settings: PlatformSettings, workers: int,

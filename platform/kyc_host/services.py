@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from kyc_host.crypto.master import KeyProvider
 from kyc_host.management.auth import TokenCache
+from kyc_host.metrics import Metrics
 from kyc_host.net import HorizonClient, SafeHttpClient
 from kyc_host.settings import PlatformSettings
 from kyc_host.store.base import Store
@@ -58,4 +59,6 @@ class Services:
     http: SafeHttpClient = field(default_factory=SafeHttpClient)
     #: Account signers from a tenant's (operator-configured) Horizon.
     horizon: HorizonClient = field(default_factory=HorizonClient)
+    #: Prometheus metrics of this process (exported at the admin listener's /metrics).
+    metrics: Metrics = field(default_factory=Metrics)
     draining: bool = False

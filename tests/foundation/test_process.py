@@ -9,6 +9,7 @@ test hook to the product.
 from __future__ import annotations
 
 import http.client
+import re
 import json
 import os
 import shutil
@@ -387,3 +388,28 @@ def test_tenant_list_and_generate_master(workspace: Workspace) -> None:
     assert rows[0]["signing_key"].startswith("G")
     # The published key is in the listing; the secret never is.
     assert "\"S" not in listing.stdout
+
+
+def test_workers_share_listeners_and_metrics(
+    workspace: Workspace, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    """--workers 2: two processes answer on the same ports, /metrics sums over both, and
+    SIGTERM stops every process with exit 0."""
+    server = workspace.serve("--workers", "2")
+    processes.append(server)
+    workspace.wait_ready(server)
+    for _ in range(40):
+        assert get(workspace.public_port, "demo.localhost", TOML).status == 200
+    pids = set(re.findall(r'"pid (\d+)\)', workspace.log())) or set(
+        re.findall(r"pid (\d+)\)", workspace.log()))
+    assert len(pids) == 2, workspace.log()
+    metrics = get(workspace.admin_port, "localhost", "/metrics").body.decode()
+    counted = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                  if line.startswith("kyc_http_requests_total{")
+                  and 'route="StellarTomlHandler"' in line)
+    assert counted == 40
+    server.send_signal(signal.SIGTERM)
+    assert server.wait(30) == 0
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(int(pid), 0)

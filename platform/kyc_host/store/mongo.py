@@ -6,9 +6,10 @@ of one tenant can touch another's collections.
 
 The client is created inside the running loop (``start``) with short timeouts, so an
 unreachable server turns into StoreUnavailable (a 503) within seconds instead of a hang.
-Filter values are always wrapped in ``$eq`` (or the operator of a :class:`Cmp`), so a value
-that looks like ``{"$ne": null}`` is matched literally and never reaches the query as an
-operator.
+Dict and list filter values are wrapped in ``$eq`` (comparisons use the operator of a
+:class:`Cmp`), so a value that looks like ``{"$ne": null}`` is matched literally and never
+reaches the query as an operator; scalars stay bare (FerretDB only uses its ``_id`` lookup
+for the bare form).
 """
 
 from __future__ import annotations
@@ -56,8 +57,12 @@ def _query(flt: Filter) -> dict[str, Any]:
         check_field(field)
         if isinstance(value, Cmp):
             query[field] = {f"${value.op}": value.value}
-        else:
+        elif isinstance(value, dict | list):
+            # Wrapped so a value like {"$ne": null} is matched literally, never run.
             query[field] = {"$eq": value}
+        else:
+            # A scalar cannot be an operator; left bare so FerretDB uses its _id lookup.
+            query[field] = value
     return query
 
 

@@ -28,4 +28,18 @@ class ReadyzHandler(AdminHandler):
                          "backend": self.services.store.backend_name})
 
 
-routes = [(r"/healthz", HealthzHandler), (r"/readyz", ReadyzHandler)]
+class MetricsHandler(AdminHandler):
+    """Prometheus exposition of this process (of all workers with ``--workers N``).
+
+    Unauthenticated, like /healthz: the admin listener must only be reachable by operators.
+    """
+
+    def get(self) -> None:
+        metrics = self.services.metrics
+        metrics.tenants.set(len(self.services.registry))
+        self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        self.finish(metrics.render())
+
+
+routes = [(r"/healthz", HealthzHandler), (r"/readyz", ReadyzHandler),
+          (r"/metrics", MetricsHandler)]

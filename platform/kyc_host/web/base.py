@@ -93,6 +93,8 @@ class BaseHandler(RequestHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, StoreUnavailable):
+            tenant_id = self._tenant.id if self._tenant else ""
+            self.services.metrics.store_errors.labels(tenant_id).inc()
             exc = ServiceUnavailable(log_detail=str(exc))
         if isinstance(exc, ApiError):
             status_code, message = exc.status, exc.message
@@ -145,11 +147,26 @@ class AdminNotFoundHandler(NotFoundHandler):
 
 
 def log_request(handler: RequestHandler) -> None:
-    """Access log without query strings (they may carry account ids and memos)."""
+    """Access log (without query strings: they may carry account ids and memos) and metrics.
+
+    Tornado calls this once per finished request, whatever the outcome, so it is the one
+    place that counts requests. The route label is the handler class name, never the path.
+    """
     request = handler.request
     tenant = getattr(handler, "_tenant", None)
+    tenant_id = tenant.id if tenant else None
+    status = handler.get_status()
+    seconds = request.request_time()
     access_log.info(
-        "%s %s %d", request.method, request.path, handler.get_status(),
-        extra={"tenant": tenant.id if tenant else None,
-               "request_id": getattr(handler, "request_id", None),
-               "ms": round(1000 * request.request_time(), 2)})
+        "%s %s %d", request.method, request.path, status,
+        extra={"tenant": tenant_id, "request_id": getattr(handler, "request_id", None),
+               "ms": round(1000 * seconds, 2)})
+    services: Services | None = handler.application.settings.get("services")
+    if services is None:
+        return
+    metrics, route, method = services.metrics, type(handler).__name__, request.method or ""
+    metrics.requests.labels(tenant_id or "", route, method, str(status)).inc()
+    metrics.latency.labels(route, method).observe(seconds)
+    if route == "AuthHandler" and method == "POST" and tenant_id:
+        result = "issued" if status == 200 else "error" if status >= 500 else "rejected"
+        metrics.logins.labels(tenant_id, result).inc()

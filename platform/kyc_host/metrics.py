@@ -1,0 +1,67 @@
+"""Prometheus metrics, exported on the admin listener at ``/metrics``.
+
+One :class:`Metrics` object per process holds every metric in its own registry (no globals,
+so tests can run several servers in one process). With ``serve --workers N`` the supervisor
+sets ``PROMETHEUS_MULTIPROC_DIR`` before forking; each worker then writes its samples there
+and ``/metrics`` (answered by whichever worker gets the scrape) aggregates all of them.
+
+Label cardinality is bounded on purpose: the request counter carries the tenant id, but
+latency histograms are per route only (1,000 tenants x routes x buckets would be too many
+series). Routes are handler class names, never raw paths (which carry account ids).
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+
+
+def multiprocess() -> bool:
+    return bool(os.environ.get(MULTIPROC_ENV))
+
+
+class Metrics:
+    def __init__(self) -> None:
+        # In multi-process mode samples live in files; the registry used for a scrape is
+        # built per request by MultiProcessCollector instead.
+        self.registry = CollectorRegistry(auto_describe=True)
+        registry = None if multiprocess() else self.registry
+        self.requests = Counter(
+            "kyc_http_requests", "HTTP requests answered, by tenant, route and status.",
+            ["tenant", "route", "method", "status"], registry=registry)
+        self.latency = Histogram(
+            "kyc_http_request_duration_seconds", "Time to answer a request, by route.",
+            ["route", "method"], buckets=_LATENCY_BUCKETS, registry=registry)
+        self.store_errors = Counter(
+            "kyc_store_unavailable", "Requests failed because the store was unavailable.",
+            ["tenant"], registry=registry)
+        self.logins = Counter(
+            "kyc_sep10_logins", "SEP-10 token requests by result (issued, rejected, error).",
+            ["tenant", "result"], registry=registry)
+        self.hook_calls = Counter(
+            "kyc_hook_calls", "Plugin hook calls by tenant, hook and outcome.",
+            ["tenant", "hook", "outcome"], registry=registry)
+        self.hook_latency = Histogram(
+            "kyc_hook_duration_seconds", "Plugin hook durations by hook.", ["hook"],
+            buckets=_LATENCY_BUCKETS, registry=registry)
+        self.tenants = Gauge(
+            "kyc_tenants_loaded", "Tenants this process serves.", multiprocess_mode="max",
+            registry=registry)
+
+    def render(self) -> bytes:
+        if multiprocess():
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry)
+        return generate_latest(self.registry)
