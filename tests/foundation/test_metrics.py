@@ -10,6 +10,8 @@ from conftest import RunningServer
 def sample(text: str, name: str, **labels: str) -> float:
     """The value of one sample in Prometheus text format (0 if absent)."""
     for line in text.splitlines():
+        if line.startswith(name + " ") and not labels:
+            return float(line.rsplit(" ", 1)[1])
         if not line.startswith(name + "{"):
             continue
         found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))

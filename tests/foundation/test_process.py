@@ -9,9 +9,9 @@ test hook to the product.
 from __future__ import annotations
 
 import http.client
-import re
 import json
 import os
+import re
 import shutil
 import signal
 import socket
