@@ -160,9 +160,12 @@ class Server:
 Sockets = list[socket.socket]
 
 
-def bind_listeners(settings: PlatformSettings) -> tuple[Sockets, Sockets]:
-    public = bind_sockets(settings.public_listen.port, settings.public_listen.host)
-    admin = bind_sockets(settings.admin_listen.port, settings.admin_listen.host)
+def bind_listeners(settings: PlatformSettings, *,
+                   reuse_port: bool = False) -> tuple[Sockets, Sockets]:
+    public = bind_sockets(settings.public_listen.port, settings.public_listen.host,
+                          reuse_port=reuse_port)
+    admin = bind_sockets(settings.admin_listen.port, settings.admin_listen.host,
+                         reuse_port=reuse_port)
     return public, admin
 
 
@@ -171,10 +174,15 @@ async def serve(
     listeners: tuple[Sockets, Sockets] | None = None,
     *,
     apply_tenant_files: bool = True,
+    reuse_port: bool = False,
 ) -> int:
-    """Serve until SIGTERM/SIGINT, then drain and return 0 (one process)."""
+    """Serve until SIGTERM/SIGINT, then drain and return 0 (one process).
+
+    Without ``listeners`` the process binds its own sockets; as a worker of several
+    (``reuse_port``) each binds with SO_REUSEPORT so the kernel spreads connections evenly.
+    """
     services = await build_services(settings, apply_tenant_files=apply_tenant_files)
-    public, admin = listeners or bind_listeners(settings)
+    public, admin = listeners or bind_listeners(settings, reuse_port=reuse_port)
     server = Server(services)
     server.start(public, admin)
     log.info("serving %d tenant(s): public http://%s, admin http://%s (backend %s, pid %d)",
@@ -200,18 +208,25 @@ async def _prepare_store(settings: PlatformSettings) -> None:
 def run(settings: PlatformSettings, workers: int = 1) -> int:
     """Entry point of ``kyc-host serve``: one process, or a supervisor of ``workers`` forks.
 
-    With several workers the listening sockets are bound once here and inherited by each
-    forked worker (the kernel spreads connections over them); every worker builds its own
-    store client *after* the fork (drivers must not cross a fork). The supervisor forwards
-    SIGTERM/SIGINT to the workers, waits for them to drain, and restarts a worker that dies
-    unexpectedly.
+    With several workers each one binds the listeners itself with SO_REUSEPORT, so the kernel
+    balances connections across them (one inherited socket let a single worker accept most
+    keep-alive connections: BENCHMARKS.md). The supervisor binds them once first, to fail
+    fast on a taken port, and closes them before forking. Port 0 (any free port) cannot be
+    shared that way, so then the sockets bound here are inherited instead. Every worker builds
+    its own store client *after* the fork (drivers must not cross a fork). The supervisor
+    forwards SIGTERM/SIGINT to the workers, waits for them to drain, and restarts a worker
+    that dies unexpectedly.
     """
     if workers <= 1:
         return asyncio.run(serve(settings))
     _share_metrics_between_workers()
     asyncio.run(_prepare_store(settings))
-    listeners = bind_listeners(settings)
-    return _supervise(settings, workers, listeners)
+    probe = bind_listeners(settings, reuse_port=True)
+    if settings.public_listen.port and settings.admin_listen.port:
+        for sock in probe[0] + probe[1]:
+            sock.close()
+        return _supervise(settings, workers, None)
+    return _supervise(settings, workers, probe)
 
 
 def _share_metrics_between_workers() -> None:
@@ -232,7 +247,7 @@ def _share_metrics_between_workers() -> None:
 
 
 def _supervise(settings: PlatformSettings, workers: int,
-               listeners: tuple[Sockets, Sockets]) -> int:
+               listeners: tuple[Sockets, Sockets] | None) -> int:
     children: dict[int, int] = {}  # pid -> worker index
     stopping = False
 
@@ -243,7 +258,8 @@ def _supervise(settings: PlatformSettings, workers: int,
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             code = 1
             try:
-                code = asyncio.run(serve(settings, listeners, apply_tenant_files=False))
+                code = asyncio.run(serve(settings, listeners, apply_tenant_files=False,
+                                         reuse_port=listeners is None))
             except BaseException:  # a worker must never return into the supervisor's code
                 log.exception("worker %d failed", index)
             finally:
