@@ -214,8 +214,9 @@ class HorizonStub:
 
 
 @contextlib.contextmanager
-def mongo_server(state_dir: Path) -> Iterator[str]:
-    """Build and start FerretDB with the test suite's own harness; yields a base mongodb URL.
+def mongo_server(state_dir: Path) -> Iterator[tuple[str, int]]:
+    """Build and start FerretDB with the test suite's own harness; yields a base mongodb URL
+    and FerretDB's pid (its CPU time is reported apart: it runs on the same cores).
 
     The conftest module is imported, not copied, so the benchmark and the tests start
     FerretDB the same way.
@@ -230,7 +231,8 @@ def mongo_server(state_dir: Path) -> Iterator[str]:
     server = FerretDB(free_port(), state_dir)
     server.start()
     try:
-        yield f"mongodb://127.0.0.1:{server.port}"
+        assert server.process is not None
+        yield f"mongodb://127.0.0.1:{server.port}", server.process.pid
     finally:
         server.stop()
 

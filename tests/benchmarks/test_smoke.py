@@ -58,7 +58,6 @@ def test_smoke_run_reports_every_figure(tmp_path: Path) -> None:
     assert report["failed"] == {}
     assert report["skipped"] == {}
     assert set(report["scenarios"]) == set(names)
-    assert "table" not in report  # the table goes to stdout
     assert "toml" in result.stdout
     assert "tenants" in result.stdout
 
