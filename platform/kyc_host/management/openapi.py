@@ -347,9 +347,14 @@ def _public_paths() -> dict[str, Any]:
     openapi = public("openapi", "This document", "Health")
     openapi["get"]["responses"]["200"] = {"description": "This document",
                                           "content": _content({"type": "object"})}
+    metrics = public("metrics", "Prometheus metrics of this process (of all workers)", "Health")
+    metrics["get"]["responses"]["200"] = {
+        "description": "Prometheus text exposition format",
+        "content": {"text/plain": {"schema": {"type": "string"}}}}
     return {
         "/healthz": public("healthz", "Liveness", "Health"),
         "/readyz": public("readyz", "Readiness (store reachable, not draining)", "Health", 503),
+        "/metrics": metrics,
         "/api/v1/openapi.json": openapi,
     }
 
