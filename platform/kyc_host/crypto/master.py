@@ -49,6 +49,8 @@ class KeyProvider(Protocol):
     """Wraps secrets under the platform master key. ``context`` is bound as associated data."""
 
     name: str
+    #: The version new wraps use; rotate-master re-wraps every tenant under it.
+    current_version: int
 
     def wrap(self, secret: bytes, context: str) -> WrappedKey: ...
 
@@ -60,11 +62,41 @@ class LocalKeyProvider:
 
     name = "local"
 
-    def __init__(self, keys: Mapping[int, bytes]) -> None:
+    def __init__(self, keys: Mapping[int, bytes], source: Path | None = None) -> None:
         if not keys:
             raise ValueError("at least one master key is needed")
         self._sealers = {version: Sealer(key) for version, key in keys.items()}
         self.current_version = max(keys)
+        #: The key file these keys came from (None: an environment variable), re-read by
+        #: :meth:`reload_if_changed` so a version added with ``keys add-master-version``
+        #: reaches running servers before ``keys rotate-master`` wraps anything with it.
+        self.source = source
+        self._stamp = _stamp(source)
+
+    @property
+    def versions(self) -> tuple[int, ...]:
+        return tuple(sorted(self._sealers))
+
+    def reload_if_changed(self) -> bool:
+        """Re-read the key file if it changed; True if the key set changed. A file that
+        became unreadable or invalid keeps the loaded keys (and logs why)."""
+        stamp = _stamp(self.source)
+        if self.source is None or stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        try:
+            keys = parse_key_lines(self.source.read_text(), str(self.source))
+        except (OSError, ConfigError) as exc:
+            log.error("master key file %s not reloaded: %s", self.source, exc)
+            return False
+        sealers = {version: Sealer(key) for version, key in keys.items()}
+        changed = set(sealers) != set(self._sealers)
+        self._sealers = sealers
+        self.current_version = max(keys)
+        if changed:
+            log.warning("master key versions reloaded: %s",
+                        ",".join(str(v) for v in sorted(keys)))
+        return changed
 
     def wrap(self, secret: bytes, context: str) -> WrappedKey:
         blob = self._sealers[self.current_version].seal(secret, context.encode())
@@ -76,6 +108,13 @@ class LocalKeyProvider:
             raise DecryptionError(
                 f"master key {wrapped.provider}:v{wrapped.version} is not loaded")
         return sealer.open(wrapped.blob, context.encode())
+
+
+def _stamp(path: Path | None) -> tuple[float, int] | None:
+    try:
+        return None if path is None else (path.stat().st_mtime, path.stat().st_size)
+    except OSError:
+        return None
 
 
 _LINE = re.compile(r"(\d+):([A-Za-z0-9+/=]+)")
@@ -132,7 +171,36 @@ def load_key_provider(
     except OSError as exc:
         raise ConfigError(str(key_file), "master_key_file",
                           f"cannot read: {exc.strerror}") from None
-    return LocalKeyProvider(parse_key_lines(text, str(key_file)))
+    return LocalKeyProvider(parse_key_lines(text, str(key_file)), source=key_file)
+
+
+def add_key_version(key_file: Path) -> int:
+    """Append a fresh key with the next version to ``key_file``; returns that version.
+
+    Older versions stay (they still unwrap tenant secrets until ``keys rotate-master`` has
+    re-wrapped them all and ``keys remove-master-version`` removes them).
+    """
+    keys = parse_key_lines(key_file.read_text(), str(key_file))
+    version = max(keys) + 1
+    with key_file.open("a") as fh:
+        fh.write(format_key_line(version, new_key()) + "\n")
+    return version
+
+
+def remove_key_version(key_file: Path, version: int) -> None:
+    """Rewrite ``key_file`` without ``version`` (never the last remaining key)."""
+    keys = parse_key_lines(key_file.read_text(), str(key_file))
+    if version not in keys:
+        raise ConfigError(str(key_file), "master key", f"no version {version}")
+    if len(keys) == 1:
+        raise ConfigError(str(key_file), "master key", "cannot remove the only key")
+    kept = [line for line in key_file.read_text().splitlines()
+            if not line.strip().startswith(f"{version}:")]
+    tmp = key_file.with_suffix(key_file.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write("\n".join(kept) + "\n")
+    os.replace(tmp, key_file)
 
 
 def write_new_key_file(key_file: Path) -> None:

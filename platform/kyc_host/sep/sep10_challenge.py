@@ -23,11 +23,12 @@ fails a check is never consumed, so a forged copy cannot burn a wallet's real on
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
 
-from stellar_sdk import IdMemo, MuxedAccount, TimeBounds, TransactionEnvelope
+from stellar_sdk import IdMemo, Keypair, MuxedAccount, TimeBounds, TransactionEnvelope
 from stellar_sdk.operation import ManageData
 from stellar_sdk.sep.ed25519_public_key_signer import Ed25519PublicKeySigner
 from stellar_sdk.sep.exceptions import InvalidSep10ChallengeError
@@ -116,9 +117,21 @@ def _with_memo_zero(tenant: Tenant, xdr: str) -> str:
 # --- verifying ---
 
 
-def _sdk_args(tenant: Tenant, xdr: str) -> tuple[str, str, tuple[str, ...], str, str]:
-    return (xdr, tenant.secrets.signing_keypair.public_key, tenant.home_domains,
-            tenant.web_auth_domain, tenant.config.network_passphrase)
+def _sdk_args(tenant: Tenant, xdr: str,
+              server: str) -> tuple[str, str, tuple[str, ...], str, str]:
+    return (xdr, server, tenant.home_domains, tenant.web_auth_domain,
+            tenant.config.network_passphrase)
+
+
+def server_keys(tenant: Tenant) -> list[str]:
+    """The signing keys a challenge may be signed by: the current SIGNING_KEY, then a key
+    replaced by ``kyc-host keys rotate-signing`` while challenges it signed can still be
+    valid (challenge lifetime + a propagation margin), so no login fails at the switch."""
+    secrets = tenant.secrets
+    now = time.time()
+    return [secrets.signing_keypair.public_key,
+            *(Keypair.from_secret(p.seed).public_key for p in secrets.signing_previous
+              if p.until > now)]
 
 
 def read_challenge(tenant: Tenant, xdr: str) -> ChallengeTransaction:
@@ -126,10 +139,26 @@ def read_challenge(tenant: Tenant, xdr: str) -> ChallengeTransaction:
 
     Everything that can be decided without Horizon is decided here; raises BadRequest.
     """
+    return _read_signed(tenant, xdr)[0]
+
+
+def _read_signed(tenant: Tenant, xdr: str) -> tuple[ChallengeTransaction, str]:
+    """The challenge and the server key that signed it (current first, then previous)."""
+    current, *previous = server_keys(tenant)
+    try:
+        return _read(tenant, xdr, current), current
+    except BadRequest:
+        for server in previous:  # only during a rotation's overlap window
+            with contextlib.suppress(BadRequest):
+                return _read(tenant, xdr, server), server
+        raise
+
+
+def _read(tenant: Tenant, xdr: str, server: str) -> ChallengeTransaction:
     if len(xdr) > MAX_TRANSACTION_CHARS:
         raise BadRequest(f"transaction is longer than {MAX_TRANSACTION_CHARS} characters")
     try:
-        challenge = read_challenge_transaction(*_sdk_args(tenant, xdr))
+        challenge = read_challenge_transaction(*_sdk_args(tenant, xdr, server))
     except InvalidSep10ChallengeError as exc:
         raise BadRequest(f"invalid challenge: {exc}") from None
     except Exception as exc:
@@ -140,15 +169,14 @@ def read_challenge(tenant: Tenant, xdr: str) -> ChallengeTransaction:
     envelope: TransactionEnvelope = challenge.transaction
     if envelope.to_xdr() != xdr:
         raise BadRequest("transaction is not canonical base64 XDR")
-    _check_operations(tenant, envelope)
+    _check_operations(tenant, envelope, server)
     _check_time_bounds(tenant, envelope)
     if challenge.client_account_id.startswith("M") and challenge.memo is not None:
         raise BadRequest("invalid challenge: a memo is not allowed with a muxed account")
     return challenge
 
 
-def _check_operations(tenant: Tenant, envelope: TransactionEnvelope) -> None:
-    server = tenant.secrets.signing_keypair.public_key
+def _check_operations(tenant: Tenant, envelope: TransactionEnvelope, server: str) -> None:
     names: list[str] = []
     for op in envelope.transaction.operations[1:]:
         if not isinstance(op, ManageData) or op.data_name not in _OUR_OP_NAMES:
@@ -195,7 +223,7 @@ def client_domain_of(envelope: TransactionEnvelope) -> str | None:
 async def verify_challenge(tenant: Tenant, horizon: HorizonClient,
                            xdr: str) -> VerifiedChallenge:
     """Every SEP-10 check except replay; raises BadRequest, ServiceUnavailable, BadGateway."""
-    challenge = read_challenge(tenant, xdr)
+    challenge, server = _read_signed(tenant, xdr)
     client: str = challenge.client_account_id
     account = MuxedAccount.from_account(client).account_id
     try:
@@ -208,7 +236,7 @@ async def verify_challenge(tenant: Tenant, horizon: HorizonClient,
     except HorizonBadAnswer as exc:
         raise BadGateway("Horizon gave an unreadable answer",
                          log_detail=f"horizon: {exc}") from None
-    _verify_signatures(tenant, xdr, account, record)
+    _verify_signatures(tenant, xdr, server, account, record)
     envelope: TransactionEnvelope = challenge.transaction
     memo: int | None = challenge.memo
     return VerifiedChallenge(
@@ -220,11 +248,11 @@ async def verify_challenge(tenant: Tenant, horizon: HorizonClient,
     )
 
 
-def _verify_signatures(tenant: Tenant, xdr: str, account: str,
+def _verify_signatures(tenant: Tenant, xdr: str, server: str, account: str,
                        record: AccountSigners | None) -> None:
     """Signatures per SEP-10: existing accounts by their signers and medium threshold,
     missing accounts by exactly their master key (plus the client_domain key, if any)."""
-    args = _sdk_args(tenant, xdr)
+    args = _sdk_args(tenant, xdr, server)
     try:
         if record is None:
             # What verify_challenge_transaction_signed_by_client_master_key does, minus one

@@ -20,7 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from stellar_sdk import MuxedAccount, StrKey
 
@@ -75,18 +78,35 @@ def kid_for(public_key: Ed25519PublicKey) -> str:
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
+def hs256_kid(generation: int) -> str:
+    """The ``kid`` of an HS256 secret; generation 1 keeps the historical "hs256"."""
+    return "hs256" if generation == 1 else f"hs256-{generation}"
+
+
 def _verification_keys(tenant: Tenant) -> dict[str, Any]:
-    """kid -> key for every key this tenant currently accepts (cached per tenant version)."""
-    keys: dict[str, Any] | None = tenant.cache.get("jwt_verification_keys")
+    """kid -> key for every key this tenant currently accepts (cached per tenant version).
+
+    After ``kyc-host keys rotate-jwt`` the previous keys stay here (and so in jwks.json)
+    until every token they signed has expired; new tokens carry the new kid.
+    """
+    keys: dict[str, tuple[Any, float]] | None = tenant.cache.get("jwt_verification_keys")
     if keys is None:
         secrets = tenant.secrets
-        if tenant.config.sep10.jwt_algorithm == "HS256":
-            keys = {"hs256": secrets.jwt_hs256_secret}
-        else:
-            public = secrets.jwt_private_key.public_key()
-            keys = {kid_for(public): public}
+        hs256 = tenant.config.sep10.jwt_algorithm == "HS256"
+        keys = {}
+        for seed, secret, generation, until in (
+                *((p.ed25519_seed, p.hs256_secret, p.generation, p.until)
+                  for p in secrets.jwt_previous),
+                (secrets.jwt_ed25519_seed, secrets.jwt_hs256_secret, secrets.jwt_generation,
+                 float("inf"))):
+            if hs256:
+                keys[hs256_kid(generation)] = (secret, until)
+            else:
+                public = Ed25519PrivateKey.from_private_bytes(seed).public_key()
+                keys[kid_for(public)] = (public, until)
         tenant.cache["jwt_verification_keys"] = keys
-    return keys
+    now = time.time()
+    return {kid: key for kid, (key, until) in keys.items() if until > now}
 
 
 def jwks(tenant: Tenant) -> dict[str, list[dict[str, str]]]:
@@ -123,7 +143,7 @@ def issue_token(
     secrets = tenant.secrets
     if tenant.config.sep10.jwt_algorithm == "HS256":
         return jwt.encode(claims, secrets.jwt_hs256_secret, algorithm="HS256",
-                          headers={"kid": "hs256"})
+                          headers={"kid": hs256_kid(secrets.jwt_generation)})
     key = secrets.jwt_private_key
     return jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": kid_for(key.public_key())})
 

@@ -59,11 +59,14 @@ class FileRepository:
         return self.cipher.digest("file", data)
 
     async def create(self, data: bytes, content_type: str, *, owner_ix: str, account_ix: str,
-                     customer_id: str | None = None, attached: bool = False) -> FileInfo:
+                     customer_id: str | None = None, attached: bool = False,
+                     owner_key: str | None = None) -> FileInfo:
         """Encrypt and store a file; the file object is written last, after every chunk.
 
         ``attached`` files are referenced by a customer field already and never expire;
         others expire after UNATTACHED_TTL_SECONDS unless a PUT references them first.
+        ``owner_key`` (the uploader's identity key) is kept sealed under the file's own key,
+        so a reindex can recompute the owner's blind indexes.
         """
         file_id = new_id()
         cipher, wrapped = self.cipher.new_record(COLLECTION, file_id)
@@ -75,8 +78,10 @@ class FileRepository:
                         expires_at=None if attached else now + UNATTACHED_TTL_SECONDS,
                         customer_id=customer_id, owner_ix=owner_ix, account_ix=account_ix,
                         digest=self.digest(data))
-        await self._files.insert_one({**_info_doc(info), "key": wrapped,
-                                      "chunks": len(chunks)})
+        sealed_owner = None if owner_key is None else cipher.seal_text("owner", owner_key)
+        await self._files.insert_one({**_info_doc(info), "key": wrapped, "chunks": len(chunks),
+                                      "owner_key": sealed_owner,
+                                      "ix_v": self.cipher.index_plan.write})
         return info
 
     async def get(self, file_id: str) -> FileInfo | None:

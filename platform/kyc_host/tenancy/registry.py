@@ -166,6 +166,11 @@ class TenantRegistry:
     async def _poll(self) -> None:
         while True:
             await asyncio.sleep(self._settings.tenant_refresh_seconds)
+            # A master key version added to the key file must be here before any tenant's
+            # secrets are re-wrapped with it (``kyc-host keys rotate-master``).
+            reload_keys = getattr(self._keys, "reload_if_changed", None)
+            if reload_keys is not None:
+                reload_keys()
             try:
                 await self.refresh()
             except StoreError as exc:

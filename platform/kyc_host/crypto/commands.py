@@ -1,0 +1,192 @@
+"""``kyc-host keys ...``: master key versions, rotations, reindexing (cli.py wires them).
+
+Each command takes the started Services and the parsed arguments and returns the exit code:
+0 done; 1 the operation failed (another run holds the job, a key is still in use); 2 bad
+usage (unknown tenant, master key from the environment). Progress bars and stage notes go to
+stderr, results to stdout. Every key operation is audited (the tenant's log, or the platform
+log for master keys).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from kyc_host import audit
+from kyc_host.crypto.jobs import JobBusy
+from kyc_host.crypto.master import add_key_version, remove_key_version
+from kyc_host.crypto.rotation import (
+    JobContext,
+    master_versions_in_use,
+    reindex,
+    rotate_kek,
+    rotate_master,
+)
+from kyc_host.crypto.tenant_keys import (
+    KeyOperationError,
+    read_secrets,
+    rotated_jwt,
+    rotated_signing,
+    update_secrets,
+)
+from kyc_host.errors import ConfigError
+from kyc_host.services import Services
+
+OK, FAILED, USAGE = 0, 1, 2
+CLI_ACTOR = "cli"
+
+
+def _out(line: str) -> None:
+    sys.stdout.write(line + "\n")
+
+
+def _err(line: str) -> None:
+    sys.stderr.write(f"kyc-host: {line}\n")
+
+
+def job_context(services: Services, progress: bool = True) -> JobContext:
+    return JobContext(services.store, services.keys,
+                      services.settings.tenant_refresh_seconds, actor=CLI_ACTOR,
+                      progress=progress)
+
+
+async def _tenant_known(services: Services, tenant_id: str) -> bool:
+    if await services.tenants.get(tenant_id) is None:
+        _err(f"no tenant {tenant_id!r}")
+        return False
+    return True
+
+
+async def _job(coro_name: str, services: Services, args: argparse.Namespace) -> int:
+    ctx = job_context(services, progress=not getattr(args, "quiet", False))
+    try:
+        if coro_name == "rotate":
+            await rotate_kek(ctx, args.tenant)
+        elif coro_name == "reindex":
+            await reindex(ctx, args.tenant)
+        else:
+            await rotate_master(ctx)
+    except (JobBusy, KeyOperationError) as exc:
+        _err(str(exc))
+        return FAILED
+    return OK
+
+
+async def keys_rotate(services: Services, args: argparse.Namespace) -> int:
+    if not await _tenant_known(services, args.tenant):
+        return USAGE
+    return await _job("rotate", services, args)
+
+
+async def keys_reindex(services: Services, args: argparse.Namespace) -> int:
+    if not await _tenant_known(services, args.tenant):
+        return USAGE
+    return await _job("reindex", services, args)
+
+
+async def keys_rotate_master(services: Services, args: argparse.Namespace) -> int:
+    return await _job("rotate-master", services, args)
+
+
+async def keys_add_master_version(services: Services, args: argparse.Namespace) -> int:
+    settings = services.settings
+    if _from_env(services):
+        _err(f"the master key comes from ${settings.master_key_env}: add a line "
+             "'<next version>:<base64 32 bytes>' to it on every host, restart the servers, "
+             "then run `kyc-host keys rotate-master`")
+        return USAGE
+    version = add_key_version(settings.master_key_file)
+    await audit.record(services.store, None, actor=CLI_ACTOR, action="key.master_add",
+                       details={"master_version": version})
+    _out(f"added master key v{version} to {settings.master_key_file}")
+    _out("Copy the file to every host (servers reload it within seconds), then run "
+         "`kyc-host keys rotate-master`.")
+    return OK
+
+
+async def keys_remove_master_version(services: Services, args: argparse.Namespace) -> int:
+    settings = services.settings
+    if _from_env(services):
+        _err(f"the master key comes from ${settings.master_key_env}; edit it there")
+        return USAGE
+    users = (await master_versions_in_use(services.store)).get(args.version, [])
+    if users:
+        _err(f"master key v{args.version} still wraps the secrets of {len(users)} tenant(s) "
+             f"({', '.join(users[:5])}); run `kyc-host keys rotate-master` first")
+        return FAILED
+    try:
+        remove_key_version(settings.master_key_file, args.version)
+    except ConfigError as exc:
+        _err(str(exc))
+        return FAILED
+    await audit.record(services.store, None, actor=CLI_ACTOR, action="key.master_remove",
+                       details={"master_version": args.version})
+    _out(f"removed master key v{args.version} from {settings.master_key_file}")
+    return OK
+
+
+def _from_env(services: Services) -> bool:
+    return getattr(services.keys, "source", None) is None
+
+
+async def keys_rotate_jwt(services: Services, args: argparse.Namespace) -> int:
+    if not await _tenant_known(services, args.tenant):
+        return USAGE
+    tenant = services.registry.get(args.tenant)
+    lifetime = 86400 if tenant is None else tenant.config.sep10.jwt_lifetime_seconds
+    secrets = await update_secrets(services.store, services.keys, args.tenant,
+                                   lambda s: rotated_jwt(s, lifetime))
+    retiring = secrets.jwt_previous[-1]
+    await audit.record(services.store, args.tenant, actor=CLI_ACTOR, action="key.rotate_jwt",
+                       details={"generation": secrets.jwt_generation,
+                                "previous_valid_until": audit.iso(retiring.until)})
+    _out(f"tenant {args.tenant}: new JWT key generation {secrets.jwt_generation}; the previous "
+         f"key verifies (and stays in jwks.json) until {audit.iso(retiring.until)}")
+    return OK
+
+
+async def keys_rotate_signing(services: Services, args: argparse.Namespace) -> int:
+    if not await _tenant_known(services, args.tenant):
+        return USAGE
+    tenant = services.registry.get(args.tenant)
+    if tenant is not None and tenant.config.signing_key_env:
+        _err(f"tenant {args.tenant!r} takes its signing key from ${tenant.config.signing_key_env}"
+             "; rotate it there and re-apply the tenant")
+        return USAGE
+    timeout = 900 if tenant is None else tenant.config.sep10.challenge_timeout_seconds
+    before = (await read_secrets(services.store, services.keys, args.tenant)).signing_keypair
+    secrets = await update_secrets(services.store, services.keys, args.tenant,
+                                   lambda s: rotated_signing(s, timeout))
+    retiring = secrets.signing_previous[-1]
+    await audit.record(services.store, args.tenant, actor=CLI_ACTOR,
+                       action="key.rotate_signing",
+                       details={"signing_key": secrets.signing_keypair.public_key,
+                                "previous": before.public_key,
+                                "previous_valid_until": audit.iso(retiring.until)})
+    _out(f"tenant {args.tenant}: SIGNING_KEY is now {secrets.signing_keypair.public_key} "
+         "(published in stellar.toml within seconds); challenges signed by "
+         f"{before.public_key} verify until {audit.iso(retiring.until)}")
+    return OK
+
+
+async def keys_status(services: Services, args: argparse.Namespace) -> int:
+    """Key versions of a tenant (or master key versions in use), never key material."""
+    if args.tenant is None:
+        used = await master_versions_in_use(services.store)
+        doc: dict[str, object] = {
+            "master_current": services.keys.current_version,
+            "master_in_use": {str(v): len(t) for v, t in sorted(used.items())}}
+    else:
+        if not await _tenant_known(services, args.tenant):
+            return USAGE
+        secrets = await read_secrets(services.store, services.keys, args.tenant)
+        doc = {"tenant": args.tenant, "kek_version": secrets.kek_version,
+               "kek_versions": sorted(secrets.data_keks),
+               "index_version": secrets.index_version, "index_next": secrets.index_next,
+               "index_stage": secrets.index_stage, "jwt_generation": secrets.jwt_generation,
+               "jwt_previous": len(secrets.jwt_previous),
+               "signing_key": secrets.signing_keypair.public_key,
+               "signing_previous": len(secrets.signing_previous)}
+    _out(json.dumps(doc, indent=2))
+    return OK

@@ -1,0 +1,152 @@
+"""Resumable key jobs: one lease per job, a checkpoint after every batch, a progress bar.
+
+A key job (rotate, reindex, rotate-master) keeps its state in the platform ``key_jobs``
+collection under ``_id = "<kind>:<tenant or *>"``: the stage it reached, a cursor (the last
+record id done in the current pass) and counters. Every stage and every batch is idempotent,
+so a run killed at any point (``kill -9`` included) is finished by running the same command
+again, which resumes from the checkpoint.
+
+Only one run of a job may work at a time. The lease is a separate document
+``<job id>:lease`` created with a unique insert (the one exclusivity primitive that works on
+every backend), renewed while the run works and deleted at the end. A lease whose holder is
+gone -- expired, or a process on this host that no longer exists -- is taken over.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TextIO
+
+from kyc_host.store.base import Collection, Doc, DuplicateKeyError, Store
+
+LEASE_SECONDS = 60.0
+#: Called after every batch with (pass name, records done in the pass); tests use it to
+#: "crash" a run midway by raising.
+BatchHook = Callable[[str, int], Awaitable[None] | None]
+
+
+class JobBusy(Exception):
+    """Another run holds this job's lease."""
+
+
+class Lease:
+    def __init__(self, jobs: Collection, job_id: str) -> None:
+        self._jobs = jobs
+        self._id = f"{job_id}:lease"
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+    async def acquire(self) -> None:
+        for _ in range(3):
+            try:
+                await self._jobs.insert_one(self._doc())
+                return
+            except DuplicateKeyError:
+                held = await self._jobs.find_one({"_id": self._id})
+                if held is not None and not _stale(held):
+                    raise JobBusy(f"another run ({held.get('owner')}) is working on this job; "
+                                  "it resumes from its checkpoint, or rerun when it stops"
+                                  ) from None
+                if held is not None:
+                    await self._jobs.delete_one({"_id": self._id, "owner": held.get("owner")})
+        raise JobBusy("could not take the job's lease")
+
+    def _doc(self) -> Doc:
+        return {"_id": self._id, "owner": self.owner, "host": socket.gethostname(),
+                "pid": os.getpid(), "until": time.time() + LEASE_SECONDS}
+
+    async def renew(self) -> None:
+        await self._jobs.update_one({"_id": self._id, "owner": self.owner},
+                                    set={"until": time.time() + LEASE_SECONDS})
+
+    async def release(self) -> None:
+        await self._jobs.delete_one({"_id": self._id, "owner": self.owner})
+
+
+def _stale(lease: Doc) -> bool:
+    if float(lease.get("until", 0)) < time.time():
+        return True
+    if lease.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(lease.get("pid", 0)), 0)
+    except ProcessLookupError:
+        return True  # the holder on this host died (kill -9): take over at once
+    except (PermissionError, ValueError, OverflowError):
+        return False
+    return False
+
+
+class Checkpoint:
+    """The persistent state of one job (a plain document, read and written whole)."""
+
+    def __init__(self, store: Store, job_id: str) -> None:
+        self.jobs = store.platform("key_jobs")
+        self.job_id = job_id
+        self.state: Doc = {}
+
+    async def load(self) -> Doc | None:
+        doc = await self.jobs.find_one({"_id": self.job_id})
+        self.state = dict(doc) if doc else {}
+        return doc
+
+    async def save(self, **changes: Any) -> None:
+        self.state.update(changes, _id=self.job_id, updated_at=time.time())
+        await self.jobs.replace_one({"_id": self.job_id}, self.state, upsert=True)
+
+
+class Progress:
+    """A one-line progress bar with rate and ETA, redrawn in place (``\\r``) on stderr."""
+
+    def __init__(self, label: str, total: int, stream: TextIO | None = None,
+                 enabled: bool = True) -> None:
+        self.label = label
+        self.total = max(total, 0)
+        self.done = 0
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self._start = time.monotonic()
+        self._drawn = 0.0
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self._drawn >= 0.2 or self.done >= self.total:
+            self._drawn = now
+            self._draw(now)
+
+    def _draw(self, now: float) -> None:
+        if not self.enabled:
+            return
+        elapsed = max(now - self._start, 1e-6)
+        rate = self.done / elapsed
+        total = max(self.total, self.done)
+        left = (total - self.done) / rate if rate > 0 else 0.0
+        filled = int(30 * self.done / total) if total else 30
+        bar = "#" * filled + "." * (30 - filled)
+        self.stream.write(f"\r{self.label:<18} [{bar}] {self.done}/{total} "
+                          f"{rate:7.1f}/s ETA {_clock(left)} ")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._draw(time.monotonic())
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _clock(seconds: float) -> str:
+    whole = int(seconds + 0.5)
+    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
+
+
+def note(message: str, stream: TextIO | None = None, enabled: bool = True) -> None:
+    """A status line of a job (stage reached, waiting for processes) on stderr."""
+    if enabled:
+        out = stream or sys.stderr
+        out.write(f"{message}\n")
+        out.flush()
