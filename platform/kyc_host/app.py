@@ -22,8 +22,10 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.web import Application
 
+from kyc_host.callbacks.worker import CallbackWorker
 from kyc_host.crypto.master import KeyProvider, load_key_provider
 from kyc_host.net import SafeHttpClient
+from kyc_host.retention.purge import PurgeLoop
 from kyc_host.services import Services
 from kyc_host.settings import PlatformSettings
 from kyc_host.store import open_store
@@ -131,6 +133,10 @@ class Server:
 
     services: Services
     http_servers: list[HTTPServer] = field(default_factory=list)
+    #: Delivers SEP-12 callbacks and tenant webhooks (one per process).
+    callbacks: CallbackWorker | None = None
+    #: Shreds erased customers whose retention period is over (one per process).
+    purge: PurgeLoop | None = None
 
     def start(self, public: list[socket.socket], admin: list[socket.socket]) -> None:
         for app, sockets in ((make_public_app(self.services), public),
@@ -140,6 +146,10 @@ class Server:
             server.add_sockets(sockets)
             self.http_servers.append(server)
         self.services.registry.start()
+        self.callbacks = CallbackWorker(self.services)
+        self.callbacks.start()
+        self.purge = PurgeLoop(self.services, self.services.settings.purge_interval_seconds)
+        self.purge.start()
 
     async def stop(self, grace_seconds: float) -> None:
         """Stop accepting, wait (bounded) for in-flight requests, close everything."""
@@ -151,6 +161,12 @@ class Server:
                         self.services.inflight.count)
         for server in self.http_servers:
             await server.close_all_connections()
+        if self.callbacks is not None:
+            # Attempts in flight may finish; the rest keep their leases and are resumed by
+            # whichever process runs next (callbacks/worker.py).
+            await self.callbacks.stop(min(grace_seconds, 5.0))
+        if self.purge is not None:
+            await self.purge.stop()
         await self.services.registry.stop()
         await self.services.store.close()
         self.services.http.close()

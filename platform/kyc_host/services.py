@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from kyc_host.callbacks.metrics import CallbackMetrics
 from kyc_host.crypto.master import KeyProvider
 from kyc_host.management.auth import TokenCache
 from kyc_host.metrics import Metrics
@@ -61,4 +62,6 @@ class Services:
     horizon: HorizonClient = field(default_factory=HorizonClient)
     #: Prometheus metrics of this process (exported at the admin listener's /metrics).
     metrics: Metrics = field(default_factory=Metrics)
+    #: Callback/webhook delivery counters of this process (callbacks/metrics.py).
+    callback_metrics: CallbackMetrics = field(default_factory=CallbackMetrics)
     draining: bool = False

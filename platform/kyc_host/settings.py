@@ -48,6 +48,15 @@ class PlatformSettings:
     shutdown_timeout_seconds: float
     log_level: str
     source: str = "defaults"
+    # Callback delivery (kyc_host/callbacks/worker.py); defaults suit production.
+    callbacks_poll_seconds: float = 1.0
+    callbacks_sweep_seconds: float = 30.0
+    callbacks_lease_seconds: float = 60.0
+    callbacks_attempt_timeout_seconds: float = 5.0
+    callbacks_retry_base_seconds: float = 30.0
+    callbacks_retry_max_seconds: float = 0.0
+    # Retention purge job (kyc_host/retention/purge.py).
+    purge_interval_seconds: float = 3600.0
 
     @property
     def public_port(self) -> int:
@@ -107,6 +116,19 @@ def _positive_float(raw: object) -> float:
     return value
 
 
+def _seconds(low: float, high: float, *, zero: bool = False) -> Callable[[object], float]:
+    def parse(raw: object) -> float:
+        if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+            raise ValueError("expected a number")
+        value = float(raw)
+        if not (low <= value <= high or (zero and value == 0)):
+            raise ValueError(f"expected a number of seconds from {low:g} to {high:g}"
+                             + (" (or 0)" if zero else ""))
+        return value
+
+    return parse
+
+
 def _parse_env_name(raw: object) -> str:
     if not isinstance(raw, str) or not re.fullmatch(r"[A-Z_][A-Z0-9_]*", raw):
         raise ValueError("expected an environment variable name like KYC_HOST_MASTER_KEY")
@@ -149,6 +171,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("shutdown_timeout_seconds", _positive_float, 20.0,
             "On SIGTERM, how long in-flight requests may take before the process exits."),
     Setting("log_level", _parse_log_level, "info", "debug, info, warning or error."),
+    Setting("callbacks_poll_seconds", _seconds(0.01, 60), 1.0,
+            "How often each process looks for callback events that are due."),
+    Setting("callbacks_sweep_seconds", _seconds(0.05, 3600), 30.0,
+            "How often each process checks every tenant (and relays events a crash left)."),
+    Setting("callbacks_lease_seconds", _seconds(0.5, 3600), 60.0,
+            "How long a claimed delivery attempt stays exclusive (must exceed the timeout)."),
+    Setting("callbacks_attempt_timeout_seconds", _seconds(0.1, 10), 5.0,
+            "Time limit of one delivery attempt (the outbound client caps it at 5 s)."),
+    Setting("callbacks_retry_base_seconds", _seconds(0.01, 3600), 30.0,
+            "Wait after the first failed attempt; it doubles with each further failure."),
+    Setting("callbacks_retry_max_seconds", _seconds(0.01, 86400, zero=True), 0.0,
+            "Longest wait between attempts; 0 derives it from each tenant's retry horizon."),
+    Setting("purge_interval_seconds", _seconds(0.05, 86400), 3600.0,
+            "How often each process shreds erased customers whose retention period is over."),
 )
 _BY_KEY = {s.key: s for s in SETTINGS}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 
+from kyc_host.callbacks.outbox import Outbox, OutboxObserver
 from kyc_host.crypto.records import TenantCipher
 from kyc_host.errors import ServiceUnavailable
 from kyc_host.hooks.context import CustomersView, TenantContext, TenantHttp, tenant_log
@@ -17,6 +18,7 @@ from kyc_host.hooks.contract import CustomerHooks
 from kyc_host.hooks.loader import PluginError, load_plugin_class
 from kyc_host.hooks.runner import HookRunner
 from kyc_host.net.safe_http import SafeHttpClient
+from kyc_host.retention.erasure import Erasures
 from kyc_host.sep.sep12_service import Sep12Service
 from kyc_host.settings import PlatformSettings
 from kyc_host.store.base import Store
@@ -35,7 +37,7 @@ def build_service(tenant: Tenant, store: Store, settings: PlatformSettings,
     ``hooks`` replaces the plugin named in the tenant config (the plugin test kit uses it).
     """
     config = tenant.config
-    cipher = TenantCipher(tenant.id, tenant.secrets.data_kek, tenant.secrets.index_key)
+    cipher = TenantCipher.from_secrets(tenant.id, tenant.secrets)
     customers = CustomerRepository(store, tenant.id, cipher)
     files = FileRepository(store, tenant.id, cipher)
     if hooks is None:
@@ -44,7 +46,12 @@ def build_service(tenant: Tenant, store: Store, settings: PlatformSettings,
                         tenant_log(tenant.id, config.plugin),
                         None if http is None else TenantHttp(http, tenant.id))
     runner = HookRunner(hooks, ctx, config.limits.hook_timeout_seconds)
-    return Sep12Service(config, customers, files, runner, dev_mode=settings.dev_mode)
+    service = Sep12Service(config, customers, files, runner, dev_mode=settings.dev_mode,
+                           erasures=Erasures(store, tenant.id, cipher, config.retention))
+    # Every save of a customer writes the events of its status change (callbacks/outbox.py).
+    customers.observer = OutboxObserver(tenant.id, config, Outbox(store, tenant.id),
+                                        service.callback_body, cipher.digest)
+    return service
 
 
 def _plugin_instance(name: str | None, settings: PlatformSettings) -> CustomerHooks:

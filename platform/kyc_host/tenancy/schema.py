@@ -13,6 +13,13 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from kyc_host.callbacks.config import (
+    CallbackPolicy,
+    WebhookEndpoint,
+    parse_callbacks,
+    parse_webhooks,
+)
+from kyc_host.retention.config import Retention, parse_retention
 from kyc_host.sep import sep9
 from kyc_host.tenancy.reader import Table, plain_json
 
@@ -121,6 +128,11 @@ class TenantConfig:
     limits: Limits = field(default_factory=Limits)
     sep10: Sep10Settings = field(default_factory=Sep10Settings)
     stellar_toml: StellarTomlExtra = field(default_factory=StellarTomlExtra)
+    #: ``[callbacks]`` (SEP-12 callback policy) and ``[[webhooks]]`` (see callbacks/config.py).
+    callbacks: CallbackPolicy = field(default_factory=CallbackPolicy)
+    webhooks: tuple[WebhookEndpoint, ...] = ()
+    #: ``[retention]``: how long erased customers are held before shredding (retention/).
+    retention: Retention = field(default_factory=Retention)
 
 
 def parse_tenant(doc: Mapping[str, Any], source: str) -> TenantConfig:
@@ -155,6 +167,9 @@ def parse_tenant(doc: Mapping[str, Any], source: str) -> TenantConfig:
         limits=_limits(top.table("limits")),
         sep10=_sep10(top.table("sep10")),
         stellar_toml=_stellar_toml(top.table("stellar_toml")),
+        callbacks=parse_callbacks(top.table("callbacks")),
+        webhooks=parse_webhooks(top),
+        retention=parse_retention(top.table("retention"), types),
     )
     if not isinstance(config.plugin_settings, Mapping):
         raise top.error("plugin_settings", "expected a table")
