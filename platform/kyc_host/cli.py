@@ -70,9 +70,81 @@ def build_parser() -> argparse.ArgumentParser:
     gen = keys.add_parser("generate-master", help="write a new master key file (never overwrites)")
     gen.add_argument("--file", type=Path, default=Path(".kyc-host/master.key"))
     gen.set_defaults(run=_generate_master)
+    _key_parsers(keys)
     _token_parsers(commands)
     _audit_parsers(commands)
+    _customer_parsers(commands)
+    _callbacks_parsers(commands)
+    _purge_parser(commands)
     return parser
+
+
+def _key_parsers(keys: Any) -> None:
+    """``keys ...``: rotations and master key versions (kyc_host/crypto/commands.py)."""
+    module = "kyc_host.crypto.commands"
+    for name, command, helptext, tenant in (
+            ("rotate", "keys_rotate", "new tenant key-encryption key; re-wrap every data key "
+             "(resumable)", True),
+            ("reindex", "keys_reindex", "new blind-index key; recompute every index "
+             "(resumable)", True),
+            ("rotate-master", "keys_rotate_master", "re-wrap every tenant's secrets under "
+             "the newest master key version (resumable)", False),
+            ("rotate-jwt", "keys_rotate_jwt", "new JWT signing key; the previous one verifies "
+             "until its tokens expire", True),
+            ("rotate-signing", "keys_rotate_signing", "new SEP-10 SIGNING_KEY; challenges "
+             "signed before verify until they expire", True)):
+        sub = keys.add_parser(name, help=helptext)
+        _common(sub)
+        if tenant:
+            sub.add_argument("--tenant", metavar="ID", required=True)
+        sub.add_argument("--quiet", action="store_true", help="no progress output")
+        sub.set_defaults(run=_services_command, command=command, module=module)
+    add = keys.add_parser("add-master-version", help="append a new master key version to "
+                          "the key file (then: rotate-master)")
+    _common(add)
+    add.set_defaults(run=_services_command, command="keys_add_master_version", module=module)
+    remove = keys.add_parser("remove-master-version", help="remove a master key version no "
+                             "tenant uses any more")
+    _common(remove)
+    remove.add_argument("--version", type=int, required=True, metavar="N")
+    remove.set_defaults(run=_services_command, command="keys_remove_master_version",
+                        module=module)
+    status = keys.add_parser("status", help="key versions (never key material)")
+    _common(status)
+    status.add_argument("--tenant", metavar="ID")
+    status.set_defaults(run=_services_command, command="keys_status", module=module)
+
+
+def _purge_parser(commands: Any) -> None:
+    purge = commands.add_parser("purge", help="shred erased customers whose retention period "
+                                "is over (the server also does this periodically)")
+    _common(purge)
+    which = purge.add_mutually_exclusive_group(required=True)
+    which.add_argument("--tenant", metavar="ID")
+    which.add_argument("--all", action="store_true", help="every tenant")
+    purge.add_argument("--dry-run", action="store_true", help="show, change nothing")
+    purge.add_argument("--json", action="store_true", help="machine-readable output")
+    purge.set_defaults(run=_services_command, command="purge",
+                       module="kyc_host.retention.commands")
+
+
+def _held_parsers(customer: Any) -> None:
+    """``customer show-held | legal-hold``: the auditor path (kyc_host/retention/commands.py)."""
+    module = "kyc_host.retention.commands"
+    show = customer.add_parser("show-held", help="erased customers held for retention; with "
+                               "--customer, their decrypted data (audited)")
+    _common(show)
+    show.add_argument("--tenant", metavar="ID", required=True)
+    show.add_argument("--customer", metavar="CUSTOMER_ID")
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    show.set_defaults(run=_services_command, command="customer_show_held", module=module)
+    hold = customer.add_parser("legal-hold", help="set or clear a legal hold (pauses "
+                               "shredding; applies to live and held customers)")
+    _common(hold)
+    hold.add_argument("--tenant", metavar="ID", required=True)
+    hold.add_argument("--customer", metavar="CUSTOMER_ID", required=True)
+    hold.add_argument("state", choices=("on", "off"))
+    hold.set_defaults(run=_services_command, command="customer_legal_hold", module=module)
 
 
 def _days(raw: str) -> int:
@@ -118,11 +190,64 @@ def _audit_parsers(commands: Any) -> None:
     verify.set_defaults(run=_services_command, command="audit_verify")
 
 
-def _services_command(args: argparse.Namespace) -> int:
-    """Run ``management.commands.<args.command>(services, args)`` with the store open; it
-    returns the exit code. (Imported here, so ``--help`` stays fast.)"""
-    from kyc_host.management import commands
+def _customer_parsers(commands: Any) -> None:
+    customer = commands.add_parser("customer", help="review a tenant's customers").add_subparsers(
+        dest="customer_command", required=True, metavar="ACTION")
+    decide = customer.add_parser(
+        "decide", help="set a customer's status for one type (exit 1: not found or not "
+                       "allowed by the customer's data)")
+    _common(decide)
+    decide.add_argument("--tenant", metavar="ID", required=True)
+    decide.add_argument("customer_id")
+    decide.add_argument("--type", metavar="T", help="customer type (default: the tenant's)")
+    decide.add_argument("--status", metavar="S", required=True,
+                        help="ACCEPTED, REJECTED, NEEDS_INFO or PROCESSING")
+    decide.add_argument("--message", metavar="M", help="shown to the wallet (REJECTED: "
+                        "required)")
+    decide.add_argument("--field", action="append", metavar="NAME=STATUS[:ERROR]",
+                        help="a field verdict (ACCEPTED, REJECTED, PROCESSING); repeatable")
+    decide.add_argument("--json", action="store_true", help="machine-readable output")
+    decide.set_defaults(run=_services_command, command="customer_decide")
+    listing = customer.add_parser("list", help="the review queue, most recently updated "
+                                  "first")
+    _common(listing)
+    listing.add_argument("--tenant", metavar="ID", required=True)
+    listing.add_argument("--status", metavar="S", help="only customers in this status")
+    listing.add_argument("--type", metavar="T", help="only this customer type")
+    listing.add_argument("--limit", type=int, default=50, help="page size (1..200)")
+    listing.add_argument("--cursor", help="continue from a previous page")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.set_defaults(run=_services_command, command="customer_list")
+    _held_parsers(customer)
 
+
+def _callbacks_parsers(commands: Any) -> None:
+    callbacks = commands.add_parser("callbacks", help="SEP-12 callback and webhook deliveries"
+                                    ).add_subparsers(dest="callbacks_command", required=True,
+                                                     metavar="ACTION")
+    listing = callbacks.add_parser("list", help="a tenant's events, newest first")
+    _common(listing)
+    listing.add_argument("--tenant", metavar="ID", required=True)
+    listing.add_argument("--state", choices=("pending", "delivered", "dead", "disabled"))
+    listing.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.set_defaults(run=_services_command, command="callbacks_list",
+                         module="kyc_host.callbacks.commands")
+    replay = callbacks.add_parser("replay", help="send a dead-lettered event again (audited)")
+    _common(replay)
+    replay.add_argument("--tenant", metavar="ID", required=True)
+    replay.add_argument("event_id")
+    replay.set_defaults(run=_services_command, command="callbacks_replay",
+                        module="kyc_host.callbacks.commands")
+
+
+def _services_command(args: argparse.Namespace) -> int:
+    """Run ``<args.module>.<args.command>(services, args)`` (default module:
+    management.commands) with the store open; it returns the exit code. (Imported here, so
+    ``--help`` stays fast.)"""
+    import importlib
+
+    commands = importlib.import_module(getattr(args, "module", "kyc_host.management.commands"))
     command = getattr(commands, args.command)
 
     async def go() -> int:

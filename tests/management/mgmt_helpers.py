@@ -48,8 +48,10 @@ class OpenApiChecker:
                 return str(template)
         return None
 
-    def check(self, method: str, path: str, status: int, body: Any) -> None:
-        """Fail unless ``status`` is documented for the operation and ``body`` fits it."""
+    def check(self, method: str, path: str, status: int, body: Any,
+              media: str = "application/json") -> None:
+        """Fail unless ``status`` is documented for the operation and ``body`` fits it
+        (a non-JSON answer: its media type must be one the operation documents)."""
         template = self.template_for(path.split("?", 1)[0])
         assert template is not None, f"{path} is not in the OpenAPI document"
         operation = self.doc["paths"][template].get(method.lower())
@@ -63,6 +65,9 @@ class OpenApiChecker:
         content = response.get("content")
         if content is None:
             assert body is None, f"{method} {template} {status}: expected no body"
+            return
+        if media != "application/json":
+            assert media in content, f"{method} {template} {status}: {media} not documented"
             return
         assert "application/json" in content
         schema = {"$ref": f"{DOC_URI}#{pointer}/content/application~1json/schema"}
@@ -98,11 +103,16 @@ class Api:
             all_headers.setdefault("Content-Type", "application/json")
         response = await self.srv.fetch("127.0.0.1", path, method=method, body=data,
                                         headers=all_headers, admin=True)
-        text = response.body.decode() if response.body else ""
-        parsed = json.loads(text) if text else None
-        assert "Traceback" not in text
+        media = response.headers.get("Content-Type", "").split(";", 1)[0].strip()
+        parsed: Any
+        if response.body and media != "application/json":
+            parsed = response.body  # a download: raw bytes
+        else:
+            text = response.body.decode() if response.body else ""
+            parsed = json.loads(text) if text else None
+            assert "Traceback" not in text
         if check:
-            self.checker.check(method, path, response.code, parsed)
+            self.checker.check(method, path, response.code, parsed, media or "application/json")
         return Reply(response.code, parsed, response.headers)
 
 

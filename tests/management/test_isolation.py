@@ -13,8 +13,10 @@ from mgmt_helpers import (  # noqa: F401 - fixtures
     make_token_for_fixture,
     mgmt_fixture,
 )
+from review_helpers import ALICE, KycWallet, png
 
 from conftest import make_tenant_doc
+from kyc_host.management.auth import ALL_SCOPES, TENANT_SCOPES, Principal
 from kyc_host.management.openapi import management_document
 
 METHODS = ("get", "post", "put", "delete")
@@ -28,8 +30,14 @@ def operations(*, public: bool = False) -> Iterator[tuple[str, str, dict[str, An
                 yield template, method.upper(), op
 
 
-def fill(template: str, tenant: str, prefix: str = "0123456789") -> str:
-    return template.replace("{tenant_id}", tenant).replace("{prefix}", prefix)
+PLACEHOLDER_ID = "00000000-0000-4000-8000-000000000000"
+SOME_ACCOUNT = "GAAZI4TCR3TY5OJHCTJC2A4QSY6CJWJH5IAJTGKIN2ER7LBNVKOCCWN7"
+
+
+def fill(template: str, tenant: str, prefix: str = "0123456789",
+         customer_id: str = PLACEHOLDER_ID, file_id: str = PLACEHOLDER_ID) -> str:
+    return (template.replace("{tenant_id}", tenant).replace("{prefix}", prefix)
+            .replace("{customer_id}", customer_id).replace("{file_id}", file_id))
 
 
 def sample_body(op: dict[str, Any], tenant: str) -> Any:
@@ -39,47 +47,72 @@ def sample_body(op: dict[str, Any], tenant: str) -> Any:
         return make_tenant_doc(tenant, ["evil.test"])
     if ref.endswith("/TokenCreate"):
         return {"scopes": ["audit:read"]}
+    if ref.endswith("/DecisionRequest"):
+        return {"status": "REJECTED", "message": "no"}
+    if ref.endswith("/IdentityRequest"):
+        return {"account": SOME_ACCOUNT}
     return None
 
 
 async def _snapshot(m: Mgmt, tenant: str) -> str:
     store = m.srv.services.store
     record = await store.platform("tenants").find_one({"_id": tenant})
-    parts = [record, await store.tenant(tenant, "admin_tokens").find({}, sort=[("_id", 1)]),
-             await store.tenant(tenant, "audit").find({}, sort=[("seq", 1)]),
-             await store.platform("tenant_hosts").find({"tenant": tenant})]
+    parts = [record, await store.platform("tenant_hosts").find({"tenant": tenant})]
+    for name in ("admin_tokens", "audit", "customers", "identities", "files", "blobs",
+                 "review_queue", "transactions"):
+        parts.append(await store.tenant(tenant, name).find({}, sort=[("_id", 1)]))
     return json.dumps(parts, sort_keys=True, default=str)
 
 
 async def test_tenant_admin_gets_404_or_403_on_every_route_of_another_tenant(
         mgmt: Mgmt) -> None:
     t2_prefix = (await mgmt.srv.services.store.tenant("t2", "admin_tokens").find({}))[0]["prefix"]
+    # A real customer of t2 with a real file, so every customer route names existing data.
+    victim = KycWallet(mgmt.srv, "b.test", "t2")
+    victim_id = await victim.put_with_photo(ALICE, png(9))
+    [file_doc] = await mgmt.srv.services.store.tenant("t2", "files").find({})
     before = await _snapshot(mgmt, "t2")
     checked = 0
     for template, method, op in operations():
         if op["x-scope"] is None:
             continue  # whoami: the caller's own token, no tenant involved
-        path = fill(template, "t2", t2_prefix)
+        path = fill(template, "t2", t2_prefix, victim_id, str(file_doc["_id"]))
         reply = await mgmt.api.call(method, path, token=mgmt.t1, body=sample_body(op, "t2"))
         expected = 404 if "{tenant_id}" in template else 403
         assert reply.status == expected, (method, path, reply.body)
         checked += 1
     assert checked == sum(1 for _, _, op in operations() if op["x-scope"] is not None)
-    assert checked >= 14
+    assert checked >= 21
+    assert sum("{customer_id}" in t for t, _, op in operations() if op["x-scope"]) >= 6
     assert await _snapshot(mgmt, "t2") == before
+    assert (await victim.get())["status"] == "PROCESSING"
     assert (await mgmt.srv.fetch("b.test", "/.well-known/stellar.toml")).code == 200
 
 
+def _all_but(scope: str, *, operator: bool) -> list[str]:
+    """Every scope of a token kind except ``scope`` and the scopes that imply it."""
+    def grants(held: str) -> bool:
+        return Principal("0" * 10, "operator", None, frozenset([held]), None).has(scope)
+
+    pool = ALL_SCOPES if operator else TENANT_SCOPES
+    return [s for s in pool if s != "operator" and not grants(s)]
+
+
 async def test_every_route_needs_a_token_and_checks_its_scope(mgmt: Mgmt) -> None:
-    useless_tenant = await mgmt.make_token("t1", ["callbacks:read"])  # no route uses it yet
-    useless_operator = await mgmt.make_token(None, ["keys:write"])
+    """No token -> 401; a token holding every other scope but this route's -> 403."""
     for template, method, op in operations():
         path = fill(template, "t1")
         body = sample_body(op, "t1")
         assert (await mgmt.api.call(method, path, body=body)).status == 401, path
         if op["x-scope"] is None:
             continue
-        for token in (useless_tenant, useless_operator):
+        lacking = [await mgmt.make_token(None, _all_but(op["x-scope"], operator=True))]
+        if op["x-scope"] in TENANT_SCOPES:
+            lacking.append(await mgmt.make_token("t1", _all_but(op["x-scope"],
+                                                                operator=False)))
+        else:
+            lacking.append(mgmt.t1)  # every tenant scope: still not an operator's
+        for token in lacking:
             reply = await mgmt.api.call(method, path, token=token, body=body)
             assert reply.status == 403, (method, path, reply.body)
 

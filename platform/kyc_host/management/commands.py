@@ -1,4 +1,5 @@
-"""``kyc-host token ...`` and ``kyc-host audit verify``: the CLI side of the management API.
+"""``kyc-host token ...``, ``audit verify`` and ``customer decide|list``: the CLI side of the
+management API.
 
 Each command takes the started Services and the parsed arguments and returns the exit code
 (cli.py opens and closes the store). Exit codes: 0 success; 1 the thing failed (token not
@@ -15,6 +16,8 @@ import time
 from typing import Any
 
 from kyc_host import audit
+from kyc_host.errors import ApiError, NotFound
+from kyc_host.management import review
 from kyc_host.management.auth import (
     TOKEN_RE,
     ScopeError,
@@ -24,6 +27,9 @@ from kyc_host.management.auth import (
     locate,
     revoke_token,
 )
+from kyc_host.sep.sep12_params import CUSTOMER_NOT_FOUND, check_customer_id
+from kyc_host.sep.sep12_service import Sep12Service
+from kyc_host.sep.sep12_tenant import service_for
 from kyc_host.services import Services
 
 OK, FAILED, USAGE = 0, 1, 2
@@ -129,3 +135,102 @@ async def audit_verify(services: Services, args: argparse.Namespace) -> int:
     else:
         _out(f"{name}: TAMPERED at seq {result.first_bad_seq}: {result.problem}")
     return OK if result.ok else FAILED
+
+
+# --- customers (``kyc-host customer decide|list``) -----------------------------------------
+
+
+def _field_verdicts(raw: list[str] | None) -> dict[str, dict[str, str]]:
+    """``--field name=STATUS[:error]`` -> the API's ``fields`` object; ValueError if
+    malformed."""
+    out: dict[str, dict[str, str]] = {}
+    for item in raw or []:
+        name, sep, verdict = item.partition("=")
+        if not sep or not name or not verdict:
+            raise ValueError(f"--field {item!r}: expected name=STATUS or name=STATUS:error")
+        status, has_error, error = verdict.partition(":")
+        out[name] = {"status": status.upper(), **({"error": error} if has_error else {})}
+    return out
+
+
+class _UnknownTenant(Exception):
+    pass
+
+
+def _sep12(services: Services, tenant_id: str) -> Sep12Service:
+    """The tenant's SEP-12 service; raises _UnknownTenant, or ServiceUnavailable when its
+    plugin cannot be loaded."""
+    tenant = services.registry.get(tenant_id)
+    if tenant is None:
+        raise _UnknownTenant
+    return service_for(tenant, services.store, services.settings, services.http)
+
+
+async def customer_decide(services: Services, args: argparse.Namespace) -> int:
+    """The management API's decision in one command (same validation, same audit entry
+    with actor ``cli``, same status path): 0 stored, 1 customer not found or the customer's
+    data does not allow it, 2 bad usage."""
+    try:
+        service = _sep12(services, args.tenant)
+        body: dict[str, Any] = {"type": args.type, "status": args.status.upper(),
+                                "fields": _field_verdicts(args.field)}
+        if args.message is not None:
+            body["message"] = args.message
+        parsed = review.parse_decision(body, service.config)
+        record = await service.customers.load(check_customer_id(args.customer_id))
+        if record is None:
+            raise NotFound(CUSTOMER_NOT_FOUND)
+        ctype = service.config.customer_types[parsed.type]
+        review.check_decision(record, ctype, parsed.decision)
+    except _UnknownTenant:
+        _err(f"no tenant {args.tenant!r}")
+        return USAGE
+    except ValueError as exc:
+        _err(str(exc))
+        return USAGE
+    except ApiError as exc:
+        _err(exc.message)
+        return USAGE if exc.status == 400 else FAILED
+    previous = record.type_state(parsed.type).status
+    expected = review.preview_status(record, ctype, parsed.decision)
+    await audit.record(services.store, args.tenant, actor=CLI_ACTOR, action="customer.decision",
+                       customer_id=record.id, fields=tuple(parsed.decision.fields),
+                       details=review.decision_audit(parsed, previous, expected))
+    status = await service.decide(record, parsed.type, parsed.decision)
+    if args.json:
+        _out(json.dumps({"id": record.id, "type": parsed.type, "status": str(status),
+                         "previous_status": previous,
+                         "decision": review.decision_json(parsed.decision)}, indent=2))
+    else:
+        _out(f"customer {record.id} ({parsed.type}): {previous or 'none'} -> {status}")
+        for name, verdict in parsed.decision.fields.items():
+            _out(f"  {name}: {verdict.status}" + (f" ({verdict.error})" if verdict.error
+                                                  else ""))
+    return OK
+
+
+async def customer_list(services: Services, args: argparse.Namespace) -> int:
+    """One page of the review queue: 0 listed (even if empty), 2 bad usage."""
+    query = review.ListQuery(status=args.status and args.status.upper(), type=args.type,
+                             cursor=args.cursor, limit=max(1, min(200, args.limit)))
+    try:
+        service = _sep12(services, args.tenant)
+        page = await review.list_customers(service.customers, service.config, query)
+    except _UnknownTenant:
+        _err(f"no tenant {args.tenant!r}")
+        return USAGE
+    except ApiError as exc:
+        _err(exc.message)
+        return USAGE if exc.status == 400 else FAILED
+    if args.json:
+        _out(json.dumps(page, indent=2))
+        return OK
+    if not page["customers"]:
+        _out("no customers")
+    for row in page["customers"]:
+        types = " ".join(f"{t}:{s or '-'}" for t, s in sorted(row["types"].items()))
+        _out(f"{row['id']}  {row['updated_at']}  {types}  "
+             f"({len(row['provided_fields'])} fields)")
+    if page["next_cursor"]:
+        _out(f"more: --cursor {page['next_cursor']}")
+    return OK

@@ -1,11 +1,11 @@
 """OpenAPI 3.1 documents served on the admin listener, written by hand as data.
 
-``DOCUMENTS`` maps a file name under ``/api/v1/`` to the function that builds it; the
-management API is ``openapi.json``. The wallet-facing SEP-1/10/12 document is meant to be
-added beside it (e.g. ``"wallet-openapi.json": wallet_document``) without touching the
-handler. Every operation carries ``x-scope`` (the scope it needs, or null) so tests can
-enumerate the routes; the tests validate this document and check every answer against it,
-so keep it in step with the handlers.
+``DOCUMENTS`` maps a file name under ``/api/v1/`` to the function that builds it: the
+management API is ``openapi.json``, the wallet-facing SEP-1/10/12 API as each tenant host
+serves it is ``openapi-public.json`` (built in openapi_public.py). Every management operation
+carries ``x-scope`` (the scope it needs, or null) so tests can enumerate the routes; the tests
+validate both documents and check answers against them, so keep them in step with the
+handlers.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from typing import Any
 
 from kyc_host.errors import NotFound
 from kyc_host.management.auth import ALL_SCOPES, TENANT_SCOPES
+from kyc_host.management.openapi_public import wallet_document
+from kyc_host.sep.sep12_types import CustomerStatus, FieldStatus
 from kyc_host.web.admin import AdminHandler
 
 API_VERSION = "1.0.0"
@@ -105,6 +107,8 @@ def _tenant_document() -> dict[str, Any]:
             "limits": free_table,
             "sep10": free_table,
             "stellar_toml": free_table,
+            "callbacks": free_table,
+            "webhooks": {"type": "array", "maxItems": 10, "items": free_table},
         },
     }
 
@@ -225,6 +229,92 @@ def _schemas() -> dict[str, Any]:
         },
         "Health": {"type": "object", "required": ["status"],
                    "properties": {"status": {"type": "string"}}},
+        **_customer_schemas(),
+        **_callback_schemas(),
+    }
+
+
+def _object(required: tuple[str, ...], **properties: Any) -> dict[str, Any]:
+    """A closed object: exactly these properties, ``required`` among them."""
+    return {"type": "object", "additionalProperties": False, "required": list(required),
+            "properties": properties}
+
+
+def _customer_schemas() -> dict[str, Any]:
+    """The review API's bodies (management/customers.py, management/review.py)."""
+    nullable_status = {"type": ["string", "null"],
+                       "enum": [*(str(s) for s in CustomerStatus), None]}
+    verdict = _object(("status", "error"), status={"enum": [str(s) for s in FieldStatus]},
+                      error=_NULLABLE_STRING)
+    decision = _object(("status", "message", "fields"), status=nullable_status,
+                       message=_NULLABLE_STRING,
+                       fields={"type": "object", "additionalProperties": verdict})
+    type_view = _object(
+        ("status", "message", "missing", "provided_fields", "decision"),
+        status={**nullable_status,
+                "description": "what the wallet sees for this type now (platform rules)"},
+        message=_NULLABLE_STRING, missing=_string_list(description="required, not provided"),
+        provided_fields={"type": "object", "additionalProperties": verdict},
+        decision={"oneOf": [{"type": "null"}, _ref("Decision")]})
+    identity = _object(("account", "memo", "memo_type"),
+                       account={"type": "string", "pattern": "^G[A-Z2-7]{55}$"},
+                       memo=_NULLABLE_STRING,
+                       memo_type={"enum": ["id", "text", "hash", None]})
+    review_field_status = {"enum": ["ACCEPTED", "REJECTED", "PROCESSING"]}
+    return {
+        "CustomerStatus": {"enum": [str(s) for s in CustomerStatus]},
+        "CustomerSummary": _object(
+            ("id", "created_at", "updated_at", "types", "provided_fields"),
+            id={"type": "string", "format": "uuid"}, created_at=_TIME, updated_at=_TIME,
+            types={"type": "object", "additionalProperties": nullable_status,
+                   "description": "customer type -> last computed status"},
+            provided_fields=_string_list(description="field names only, never values")),
+        "CustomerPage": _object(("customers", "next_cursor"),
+                                customers={"type": "array", "items": _ref("CustomerSummary")},
+                                next_cursor=_NULLABLE_STRING),
+        "Decision": decision,
+        "CustomerFile": _object(
+            ("file_id", "field", "content_type", "size", "created_at", "expires_at"),
+            file_id={"type": "string", "format": "uuid"}, field=_NULLABLE_STRING,
+            content_type={"type": "string"}, size={"type": "integer", "minimum": 0},
+            created_at=_TIME, expires_at=_NULLABLE_TIME),
+        "Identity": identity,
+        "Customer": _object(
+            ("id", "created_at", "updated_at", "fields", "files", "types", "verifications",
+             "identities", "callback_url"),
+            id={"type": "string", "format": "uuid"}, created_at=_TIME, updated_at=_TIME,
+            fields={"type": "object", "additionalProperties": {"type": "string"},
+                    "description": "decrypted SEP-9 text values (this read is audited)"},
+            files={"type": "array", "items": _ref("CustomerFile")},
+            types={"type": "object", "additionalProperties": type_view},
+            verifications={"type": "object", "additionalProperties": _object(
+                ("state", "attempts"), state={"enum": ["pending", "verified"]},
+                attempts={"type": "integer", "minimum": 0})},
+            identities={"type": "array", "items": _ref("Identity")},
+            callback_url=_NULLABLE_STRING),
+        "DecisionRequest": {
+            **_object(("status",),
+                      type={"type": "string", "description": "default: the tenant's default"},
+                      status=_ref("CustomerStatus"),
+                      message={"type": "string", "maxLength": 1000,
+                               "description": "shown to the wallet; required with REJECTED"},
+                      fields={"type": "object", "maxProperties": 200,
+                              "additionalProperties": _object(
+                                  ("status",), status=review_field_status,
+                                  error={"type": "string", "maxLength": 1000})}),
+            "description": "Replaces the previous decision of this type. A REJECTED field "
+                           "needs status NEEDS_INFO (resubmit) or REJECTED (final)."},
+        "DecisionResult": _object(
+            ("id", "type", "status", "previous_status", "decision"),
+            id={"type": "string"}, type={"type": "string"}, status=_ref("CustomerStatus"),
+            previous_status=nullable_status, decision=_ref("Decision")),
+        "IdentityRequest": _object(("account",),
+                                   account={"type": "string", "description": "G... or M..."},
+                                   memo={"type": "string"},
+                                   memo_type={"enum": ["id", "text", "hash"]}),
+        "CustomerIdentities": _object(("id", "identities"), id={"type": "string"},
+                                      identities={"type": "array",
+                                                  "items": _ref("Identity")}),
     }
 
 
@@ -253,17 +343,103 @@ def _components() -> dict[str, Any]:
             "Since": {"name": "since", **query,
                       "description": "ISO-8601 time or Unix seconds",
                       "schema": {"type": "string"}},
+            **_customer_parameters(),
+            "EventIdPath": {"name": "event_id", "in": "path", "required": True,
+                            "schema": {"type": "string"}},
+            "EventState": {"name": "state", "in": "query", "required": False,
+                           "description": "only events in this delivery state",
+                           "schema": {"enum": ["pending", "delivered", "dead", "disabled"]}},
         },
         "responses": {
             "BadRequest": error("Malformed body or parameter; the message names the key."),
             "Unauthorized": error("No token, or a malformed, unknown, expired or revoked one."),
             "Forbidden": error("The token lacks the scope this route needs."),
             "NotFound": error("No such resource, or one of a tenant this token cannot reach."),
-            "Conflict": error("The tenant is file-managed, already exists, or a host is taken."),
+            "Conflict": error("The request conflicts with the current state (a file-managed "
+                              "or existing tenant, a taken host, a customer whose data does "
+                              "not allow the decision, an identity of another customer)."),
             "PayloadTooLarge": error("Request body over 1 MiB."),
             "Unavailable": error("The store is unreachable; retry later."),
         },
         "schemas": _schemas(),
+    }
+
+
+def _customer_parameters() -> dict[str, Any]:
+    def query(name: str, description: str, schema: dict[str, Any] | None = None
+              ) -> dict[str, Any]:
+        return {"name": name, "in": "query", "required": False, "description": description,
+                "schema": schema or {"type": "string"}}
+
+    def path(name: str) -> dict[str, Any]:
+        return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+    return {
+        "CustomerIdPath": path("customer_id"),
+        "FileIdPath": path("file_id"),
+        "Status": query("status", "only customers with a type in this status",
+                        _ref("CustomerStatus")),
+        "Type": query("type", "only this customer type (with status: that type's status)"),
+        "UpdatedSince": query("updated_since", "ISO-8601 time or Unix seconds"),
+        "Account": query("account", "G... or M...: customers known by this account "
+                         "(blind-index lookup)"),
+        "Memo": query("memo", "with account: exactly that identity"),
+        "MemoType": query("memo_type", "id (default), text or hash",
+                          {"enum": ["id", "text", "hash"]}),
+        "Order": query("order", "desc: newest update first (default); asc: oldest first",
+                       {"enum": ["desc", "asc"]}),
+    }
+
+
+def _customer_paths() -> dict[str, Any]:
+    customer = ("CustomerIdPath",)
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    download = {
+        "description": "The decrypted file as an attachment named <file_id>.<ext>; the type "
+                       "is the one detected at upload, anything else application/octet-stream.",
+        "headers": {"Content-Disposition": {"schema": {"type": "string"}},
+                    "X-Content-Type-Options": {"schema": {"const": "nosniff"}},
+                    "Cache-Control": {"schema": {"const": "no-store"}}},
+        "content": {media: binary for media in (
+            "image/jpeg", "image/png", "application/pdf", "image/webp", "image/heic",
+            "video/mp4", "application/octet-stream")},
+    }
+    base = "/api/v1/tenants/{tenant_id}/customers"
+    return {
+        base: {"get": _op(
+            "listCustomers", "The review queue: ids, per-type status, field names",
+            "customers:read", {"200": _ok("A page of customers.", "CustomerPage")},
+            tenant=True, params=("Status", "Type", "UpdatedSince", "Account", "Memo",
+                                 "MemoType", "Order", "Cursor", "Limit"), errors=(400,))},
+        base + "/{customer_id}": {
+            "get": _op("getCustomer", "A customer with decrypted values (audited)",
+                       "customers:read", {"200": _ok("The customer.", "Customer")},
+                       tenant=True, params=customer),
+            "delete": _op("deleteCustomer", "Erase the customer, as the wallet's DELETE does",
+                          "customers:delete", {"204": {"description": "Erased."}},
+                          tenant=True, params=customer, errors=(400,)),
+        },
+        base + "/{customer_id}/decision": {"post": _op(
+            "decideCustomer", "Set status, message and field verdicts of one type (audited)",
+            "customers:review", {"200": _ok("Stored; what the wallet now sees.",
+                                            "DecisionResult")},
+            tenant=True, params=customer, body="DecisionRequest", errors=(400, 409, 413))},
+        base + "/{customer_id}/identities": {
+            "post": _op("linkIdentity", "Link an account (and memo) to this customer",
+                        "customers:review",
+                        {"200": _ok("Already linked.", "CustomerIdentities"),
+                         "201": _ok("Linked.", "CustomerIdentities")},
+                        tenant=True, params=customer, body="IdentityRequest",
+                        errors=(400, 409, 413)),
+            "delete": _op("unlinkIdentity", "Unlink an identity (never the last one)",
+                          "customers:review", {"200": _ok("Unlinked.", "CustomerIdentities")},
+                          tenant=True, params=customer, body="IdentityRequest",
+                          errors=(400, 409, 413)),
+        },
+        base + "/{customer_id}/files/{file_id}": {"get": _op(
+            "downloadCustomerFile", "Download one of the customer's files (audited)",
+            "customers:read", {"200": download}, tenant=True,
+            params=("CustomerIdPath", "FileIdPath"))},
     }
 
 
@@ -347,6 +523,10 @@ def _public_paths() -> dict[str, Any]:
     openapi = public("openapi", "This document", "Health")
     openapi["get"]["responses"]["200"] = {"description": "This document",
                                           "content": _content({"type": "object"})}
+    wallet = public("openapiPublic", "The wallet-facing API document", "Health")
+    wallet["get"]["responses"]["200"] = {
+        "description": "OpenAPI document of SEP-1/10/12 as every tenant host serves them",
+        "content": _content({"type": "object"})}
     metrics = public("metrics", "Prometheus metrics of this process (of all workers)", "Health")
     metrics["get"]["responses"]["200"] = {
         "description": "Prometheus text exposition format",
@@ -356,6 +536,49 @@ def _public_paths() -> dict[str, Any]:
         "/readyz": public("readyz", "Readiness (store reachable, not draining)", "Health", 503),
         "/metrics": metrics,
         "/api/v1/openapi.json": openapi,
+        "/api/v1/openapi-public.json": wallet,
+    }
+
+
+def _callback_schemas() -> dict[str, Any]:
+    event = _object(
+        ("id", "kind", "type", "customer_id", "customer_type", "status", "state", "attempts",
+         "created_at", "updated_at", "next_attempt_at", "delivered_at", "last_error",
+         "last_status", "endpoint"),
+        id={"type": "string"},
+        kind={"enum": ["sep12", "webhook"],
+              "description": "sep12: the wallet's callback; webhook: the anchor's endpoint"},
+        type={"type": "string", "description": "sep12.status or a webhook event type"},
+        customer_id={"type": "string"}, customer_type={"type": "string"},
+        status={"type": "string", "description": "the customer status the event carries"},
+        state={"enum": ["pending", "delivered", "dead", "disabled"]},
+        attempts={"type": "integer", "minimum": 0},
+        created_at=_TIME, updated_at=_TIME, next_attempt_at=_NULLABLE_TIME,
+        delivered_at=_NULLABLE_TIME,
+        last_error={"type": "string", "description": "never a response body or URL"},
+        last_status={"type": "integer", "description": "HTTP status of the last attempt"},
+        endpoint={"type": "string", "description": "webhook URL; empty for SEP-12 callbacks "
+                  "(the wallet's URL stays sealed in the customer record)"})
+    return {
+        "CallbackEvent": event,
+        "CallbackEventList": _object(("events", "next_cursor"),
+                                     events={"type": "array", "items": _ref("CallbackEvent")},
+                                     next_cursor=_NULLABLE_STRING),
+    }
+
+
+def _callback_paths() -> dict[str, Any]:
+    base = "/api/v1/tenants/{tenant_id}/callbacks"
+    return {
+        base: {"get": _op(
+            "listCallbacks", "SEP-12 callback and webhook deliveries (newest first)",
+            "callbacks:read", {"200": _ok("A page of events.", "CallbackEventList")},
+            tenant=True, params=("EventState", "CustomerId", "Cursor", "Limit"),
+            errors=(400,))},
+        base + "/{event_id}/replay": {"post": _op(
+            "replayCallback", "Send a dead-lettered (or disabled) event again (audited)",
+            "callbacks:replay", {"200": _ok("The event, pending again.", "CallbackEvent")},
+            tenant=True, params=("EventIdPath",), errors=(409,))},
     }
 
 
@@ -370,13 +593,17 @@ def management_document() -> dict[str, Any]:
                            "Errors are {\"error\": message}. A tenant token naming another "
                            "tenant gets 404, a missing scope 403, a bad token 401.",
         },
-        "paths": {**_tenant_paths(), **_token_and_audit_paths(), **_public_paths()},
+        "paths": {**_tenant_paths(), **_token_and_audit_paths(), **_customer_paths(),
+                  **_callback_paths(), **_public_paths()},
         "components": _components(),
     }
 
 
-#: File name under /api/v1/ -> builder. Add the wallet-facing document here.
-DOCUMENTS: dict[str, Callable[[], dict[str, Any]]] = {"openapi.json": management_document}
+#: File name under /api/v1/ -> builder.
+DOCUMENTS: dict[str, Callable[[], dict[str, Any]]] = {
+    "openapi.json": management_document,
+    "openapi-public.json": wallet_document,
+}
 
 
 class OpenApiHandler(AdminHandler):
@@ -390,4 +617,4 @@ class OpenApiHandler(AdminHandler):
         self.finish(json.dumps(build(), separators=(",", ":")))
 
 
-routes = [(r"/api/v1/(?P<name>[a-z0-9-]*openapi[.]json)", OpenApiHandler)]
+routes = [(r"/api/v1/(?P<name>[a-z0-9-]*openapi[a-z0-9-]*[.]json)", OpenApiHandler)]

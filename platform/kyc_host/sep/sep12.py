@@ -133,7 +133,8 @@ class DeleteHandler(Sep12Handler):
     cors_methods = "DELETE"
 
     async def delete(self, account: str) -> None:
-        await self.sep12.delete_customer(self.identity, account, self.body())
+        await self.sep12.delete_customer(self.identity, account, self.body(),
+                                         request_id=self.request_id)
         self.write_json({})
 
 

@@ -89,6 +89,37 @@ def resolve_principal(identity: Identity, account: str | None, memo: str | None,
     return Principal(identity.account, _canonical_memo(memo, kind), kind)
 
 
+def named_principal(account: str, memo: str | None, memo_type: str | None) -> Principal:
+    """The identity an operator names (management API: search, link, unlink): a ``G``
+    account with an optional memo, or an ``M`` account (its mux id is an ID memo). Memos
+    are canonicalized exactly as for wallets, so both find the same customer key.
+    Raises BadRequest naming the parameter."""
+    if memo_type is not None and memo_type not in MEMO_TYPES:
+        raise BadRequest("memo_type: must be id, text or hash")
+    if StrKey.is_valid_med25519_public_key(account):
+        muxed = MuxedAccount.from_account(account)
+        if memo is not None or muxed.account_muxed_id is None:
+            raise BadRequest("memo: not allowed with a muxed (M...) account")
+        return Principal(muxed.account_id, str(muxed.account_muxed_id), "id")
+    if not StrKey.is_valid_ed25519_public_key(account):
+        raise BadRequest("account: must be a valid G... or M... Stellar account")
+    if memo is None:
+        if memo_type is not None:
+            raise BadRequest("memo_type: given without memo")
+        return Principal(account)
+    kind = memo_type or "id"
+    return Principal(account, _canonical_memo(memo, kind), kind)
+
+
+def split_identity_key(key: str) -> Principal:
+    """The inverse of :attr:`Principal.key` (``G...|`` or ``G...|id:123``)."""
+    account, _, memo_part = key.partition("|")
+    if not memo_part:
+        return Principal(account)
+    kind, _, memo = memo_part.partition(":")
+    return Principal(account, memo, kind)
+
+
 def _check_account(identity: Identity, account: str | None) -> str | None:
     """Check the ``account`` param against the token; returns a mux id it implies, if any."""
     if account is None or account == identity.account:

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from kyc_host.errors import BadRequest, NotFound
+from kyc_host.errors import ApiError, BadRequest, NotFound
 from kyc_host.hooks.context import customer_data, file_ref
 from kyc_host.hooks.contract import (
     CallbackRequest,
@@ -30,6 +30,7 @@ from kyc_host.hooks.contract import (
     SendCodeRequest,
 )
 from kyc_host.hooks.runner import HookRunner, any_result, returns
+from kyc_host.retention.erasure import ErasureResult, Erasures
 from kyc_host.sep import sep12_params as params
 from kyc_host.sep.sep10_tokens import Identity
 from kyc_host.sep.sep12_body import Body
@@ -57,6 +58,18 @@ from kyc_host.tenancy.schema import TenantConfig
 
 def _caller(identity: Identity) -> Caller:
     return Caller(identity.account, identity.memo, identity.client_domain)
+
+
+def record_identity(record: CustomerRecord) -> Identity:
+    """The customer's first identity as a token would carry it (for hooks run on the
+    customer's behalf outside a request, e.g. building a callback body)."""
+    key = min(record.identities.values(), default="|")
+    account, _, memo = key.partition("|")
+    memo_type, _, value = memo.partition(":")
+    memo_id = value if memo_type == "id" else None
+    sub = account if memo_id is None else f"{account}:{memo_id}"
+    return Identity(sub=sub, account=account, memo=memo_id, muxed=None,
+                    client_domain=record.client_domain, jti="", expires_at=0)
 
 
 def _decision_or_none(value: object) -> bool:
@@ -97,10 +110,13 @@ class _Changes:
 
 class Sep12Service:
     def __init__(self, config: TenantConfig, customers: CustomerRepository,
-                 files: FileRepository, runner: HookRunner, *, dev_mode: bool) -> None:
+                 files: FileRepository, runner: HookRunner, *, dev_mode: bool,
+                 erasures: Erasures) -> None:
         self.config = config
         self.customers = customers
         self.files = files
+        #: Crypto-shredding and retention (retention/erasure.py): every erasure goes there.
+        self.erasures = erasures
         self.runner = runner
         self.dev_mode = dev_mode
         self.collected = collected_fields(config)
@@ -131,6 +147,18 @@ class Sep12Service:
                 "get", lambda r: check_result(r, computed, ctype, record), request, result)
         return render(ctype, record, result, lang)
 
+    async def callback_body(self, record: CustomerRecord, type_name: str) -> dict[str, object]:
+        """What GET /customer answers for ``record`` and ``type_name`` now: the body of its
+        SEP-12 callback (§4.8), built by the same code as GET (the ``get`` hook included,
+        called as the customer's own wallet). A failing hook must not block the status change
+        that needs this body, so then the platform's own status is sent."""
+        try:
+            return await self._status_body(record_identity(record), record, type_name, "en",
+                                           None)
+        except ApiError:
+            ctype = self.config.customer_types[type_name]
+            return render(ctype, record, assess(ctype, record), "en")
+
     # --- PUT /customer ---
 
     async def put_customer(self, identity: Identity, body: Body) -> str:
@@ -151,7 +179,7 @@ class Sep12Service:
         record = await self._claim(principal, record)
         await self._write(identity, record, changes, decision, type_name)
         if transaction_id is not None:
-            await self.customers.bind_transaction(transaction_id, record.id)
+            await self.customers.bind_transaction(transaction_id, record.id, record.cipher)
         return record.id
 
     async def _changes(self, identity: Identity, put: PutInput, record: CustomerRecord | None,
@@ -263,18 +291,21 @@ class Sep12Service:
         customer_id = await self.customers.claim_identity(principal.key, principal.account, mine)
         existing = None if customer_id == mine else await self.customers.load(customer_id)
         record = existing or self.customers.new(customer_id)
-        record.identities[self.customers.identity_index(principal.key)] = principal.key
+        self.customers.add_identity(record, self.customers.identity_index(principal.key),
+                                    principal.key)
         return record
 
     async def _write(self, identity: Identity, record: CustomerRecord, changes: _Changes,
                      decision: Decision | None, type_name: str) -> None:
         replaced = set(record.files.values())
         owner = params.token_principal(identity)
+        if identity.client_domain:  # selects the tenant's default callback URL for this wallet
+            record.client_domain = identity.client_domain
         for name, (data, media) in changes.uploads.items():
             info = await self.files.create(
                 data, media, owner_ix=self.customers.identity_index(owner.key),
                 account_ix=self.customers.account_index(owner.account), customer_id=record.id,
-                attached=True)
+                attached=True, owner_key=owner.key)
             record.files[name] = info.id
         for name, info in changes.linked.items():
             record.files[name] = info.id
@@ -287,12 +318,31 @@ class Sep12Service:
             _reset_decisions(record, {*changes.values, *changes.uploads, *changes.linked})
         if decision is not None:
             record.type_state(type_name).decision = decision
-        ctype = self.config.customer_types[type_name]
-        record.type_state(type_name).status = str(assess(ctype, record).status)
         for info in changes.linked.values():
             await self.files.attach(info.id, record.id)
-        await self.customers.save(record)
+        await self._save_status(record, type_name)
         await self.files.delete(sorted(replaced - set(record.files.values())))
+
+    async def _save_status(self, record: CustomerRecord, type_name: str) -> CustomerStatus:
+        """Recompute ``type_name``'s status and write the record: the one path by which a
+        customer's data or review decision changes (status-change callbacks belong here).
+        Returns the new status."""
+        ctype = self.config.customer_types[type_name]
+        status = assess(ctype, record).status
+        record.type_state(type_name).status = str(status)
+        await self.customers.save(record)
+        return status
+
+    # --- review decisions (management API, ``kyc-host customer decide``) ---
+
+    async def decide(self, record: CustomerRecord, type_name: str,
+                     decision: Decision) -> CustomerStatus:
+        """Store a reviewer's decision for one customer type, replacing the previous one,
+        and return the status the wallet now sees. The caller validated it against the
+        record (management/review.py); raises ValueError for a malformed decision."""
+        decision.check()
+        record.type_state(type_name).decision = decision
+        return await self._save_status(record, type_name)
 
     # --- PUT /customer/verification (deprecated since SEP-12 v1.12.0) ---
 
@@ -315,7 +365,8 @@ class Sep12Service:
 
     # --- DELETE /customer/{account} ---
 
-    async def delete_customer(self, identity: Identity, account: str, body: Body) -> None:
+    async def delete_customer(self, identity: Identity, account: str, body: Body,
+                              request_id: str | None = None) -> None:
         put = split_put(body)
         if put.has_data or put.codes or set(put.control) - {"memo", "memo_type"}:
             raise BadRequest("DELETE takes only memo and memo_type in the body")
@@ -325,11 +376,23 @@ class Sep12Service:
         record = None if customer_id is None else await self.customers.load(customer_id)
         if record is None:
             raise NotFound(CUSTOMER_NOT_FOUND)
+        await self.erase_customer(record, _caller(identity), actor="wallet",
+                                  request_id=request_id)
+
+    async def erase_customer(self, record: CustomerRecord, caller: Caller, *,
+                             actor: str = "wallet",
+                             request_id: str | None = None) -> ErasureResult:
+        """Erase a customer: the one erasure path of the wallet's DELETE and the management
+        API's. The plugin's ``delete`` hook runs first and may refuse (400). Then the
+        tenant's retention policy either shreds the customer's data keys, records and files
+        at once or holds them (out of the wallet's reach) for the legal period; either way
+        a proof-of-deletion entry goes to the audit log with ``actor`` (retention/erasure.py).
+        """
         infos = await self._file_infos(record)
         await self.runner.call("delete", any_result,
-                               DeleteRequest(_caller(identity), customer_data(record, infos)))
-        await self.customers.delete(record.id)
-        await self.files.delete_for_customer(record.id)
+                               DeleteRequest(caller, customer_data(record, infos)))
+        return await self.erasures.erase(self.customers, record, actor=actor,
+                                         request_id=request_id)
 
     # --- PUT /customer/callback ---
 
@@ -360,7 +423,8 @@ class Sep12Service:
         customer_id = await self.customers.customer_id_for(owner.key)
         info = await self.files.create(
             data, media, owner_ix=self.customers.identity_index(owner.key),
-            account_ix=self.customers.account_index(owner.account), customer_id=customer_id)
+            account_ix=self.customers.account_index(owner.account), customer_id=customer_id,
+            owner_key=owner.key)
         return file_object(info)
 
     async def list_files(self, identity: Identity,
@@ -416,9 +480,10 @@ class Sep12Service:
         return await self.customers.reachable(customer_id, account=identity.account)
 
     def _uploaded_by(self, identity: Identity, info: FileInfo) -> bool:
-        if info.owner_ix == self.customers.identity_index(params.token_principal(identity).key):
+        if info.owner_ix in self.customers.identity_indexes(
+                params.token_principal(identity).key):
             return True
-        return identity.memo is None and info.account_ix == self.customers.account_index(
+        return identity.memo is None and info.account_ix in self.customers.account_indexes(
             identity.account)
 
     async def _file_visible(self, identity: Identity, info: FileInfo) -> bool:

@@ -120,6 +120,12 @@ def render(ctype: CustomerType, record: CustomerRecord | None, result: StatusRes
         body["id"] = record.id
     body["status"] = str(result.status)
     fields = _missing_fields(ctype, record, lang)
+    if result.status is not CustomerStatus.REJECTED:
+        # A field a reviewer REJECTED is asked for again, so wallets that read only
+        # ``fields`` resubmit it (its verdict and error stay in ``provided_fields``).
+        fields.update({name: field_object(ctype, name, lang)
+                       for name, verdict in result.fields.items()
+                       if verdict.status is FieldStatus.REJECTED})
     if fields or result.status is CustomerStatus.NEEDS_INFO:
         body["fields"] = fields  # required with NEEDS_INFO, even when empty (digest §9)
     if result.fields:

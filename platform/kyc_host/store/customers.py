@@ -19,6 +19,12 @@ Data model (all collections tenant-bound):
 
 A record is always written whole (``replace``), so a document is self-consistent even when
 two writers race: the last full write wins.
+
+Callbacks (kyc_host.callbacks): ``CustomerRepository.observer`` sees every save and delete.
+Before a save it puts the events of a status change into ``record.events`` (state it owns;
+no PII), so the change and its events are one write (an outbox); after the save it relays
+them to the ``outbox`` collection. ``has_pending_events`` / ``pending_token`` are top-level
+copies so a sweeper finds records whose relay was interrupted with one indexed query.
 """
 
 from __future__ import annotations
@@ -26,13 +32,17 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from kyc_host.crypto.records import RecordCipher, TenantCipher
+from kyc_host.crypto.records import RecordCipher, TenantCipher, normalize_email, normalize_phone
 from kyc_host.sep.sep12_types import Decision
-from kyc_host.store.base import Doc, DuplicateKeyError, Store
+from kyc_host.store.base import Doc, DuplicateKeyError, Store, in_
+from kyc_host.store.review_queue import ReviewQueue
 
 COLLECTION = "customers"
+#: Fields the management API can look customers up by: field -> (index purpose, normalizer).
+_LOOKUPS = {"email_address": ("email", normalize_email),
+            "mobile_number": ("phone", normalize_phone)}
 
 
 def new_id() -> str:
@@ -73,9 +83,26 @@ class CustomerRecord:
     types: dict[str, TypeState] = field(default_factory=dict)
     callback_url: str | None = None
     callback_set_at: float | None = None
+    #: SEP-10 client_domain of the wallet that last sent data (selects a default callback URL).
+    client_domain: str | None = None
+    #: Outbox state owned by kyc_host.callbacks: pending events, last notified statuses.
+    events: dict[str, Any] = field(default_factory=dict)
 
     def type_state(self, type_name: str) -> TypeState:
         return self.types.setdefault(type_name, TypeState())
+
+
+class RecordObserver(Protocol):
+    """Sees every write of a customer record (the callbacks outbox implements it)."""
+
+    async def before_save(self, record: CustomerRecord) -> None:
+        """Called before the record is written; may add to ``record.events``."""
+
+    async def after_save(self, record: CustomerRecord) -> None:
+        """Called once the record is written (relays its pending events)."""
+
+    async def before_delete(self, customer_id: str) -> None:
+        """Called before a customer is erased (writes its deletion events first)."""
 
 
 class CustomerRepository:
@@ -84,9 +111,12 @@ class CustomerRepository:
     def __init__(self, store: Store, tenant_id: str, cipher: TenantCipher) -> None:
         self.tenant_id = tenant_id
         self.cipher = cipher
+        #: Set by the tenant's SEP-12 service builder; None writes no events.
+        self.observer: RecordObserver | None = None
         self._customers = store.tenant(tenant_id, "customers")
         self._identities = store.tenant(tenant_id, "identities")
         self._transactions = store.tenant(tenant_id, "transactions")
+        self.queue = ReviewQueue(store, tenant_id)
 
     # --- identities ---
 
@@ -96,9 +126,26 @@ class CustomerRepository:
     def account_index(self, account: str) -> str:
         return self.cipher.blind_index("account", account)
 
+    def identity_indexes(self, identity_key: str) -> list[str]:
+        """The identity's index under every version lookups read (newest first): during a
+        reindex (``kyc-host keys reindex``) an identity may exist under either."""
+        return self.cipher.blind_indexes("identity", identity_key)
+
+    def account_indexes(self, account: str) -> list[str]:
+        return self.cipher.blind_indexes("account", account)
+
     async def customer_id_for(self, identity_key: str) -> str | None:
-        doc = await self._identities.find_one({"_id": self.identity_index(identity_key)})
-        return None if doc is None else str(doc["customer_id"])
+        for ix in self.identity_indexes(identity_key):
+            doc = await self._identities.find_one({"_id": ix})
+            if doc is not None:
+                return str(doc["customer_id"])
+        return None
+
+    @staticmethod
+    def add_identity(record: CustomerRecord, label: str, identity_key: str) -> None:
+        """Remember an identity in the record once (its label may be an older index)."""
+        if identity_key not in record.identities.values():
+            record.identities[label] = identity_key
 
     async def claim_identity(self, identity_key: str, account: str, customer_id: str) -> str:
         """Point the identity at ``customer_id`` unless it already points somewhere.
@@ -106,17 +153,37 @@ class CustomerRepository:
         Returns the customer id the identity points at afterwards (the winner's, if another
         request claimed it first). Insert-with-unique-``_id`` is atomic on every backend.
         """
-        doc = {"_id": self.identity_index(identity_key), "customer_id": customer_id,
-               "account_ix": self.account_index(account), "created_at": time.time()}
+        claims = self.cipher.claim_indexes("identity", identity_key)
+        deciding, *others = claims
+        doc = self._identity_doc(deciding, identity_key, account, customer_id)
         try:
             await self._identities.insert_one(doc)
         except DuplicateKeyError:
             winner = await self.customer_id_for(identity_key)
             if winner is None:  # deleted in between: try once more
                 await self._identities.insert_one(doc)
-                return customer_id
-            return winner
+            else:
+                return winner
+        for version, ix in others:  # mid-reindex: the same claim under the next version
+            other = self._identity_doc((version, ix), identity_key, account, customer_id)
+            try:
+                await self._identities.insert_one(other)
+            except DuplicateKeyError:
+                # The next version already decided it (a process one stage ahead): adopt
+                # that customer and withdraw our claim under the deciding version.
+                taken = await self._identities.find_one({"_id": ix})
+                if taken is not None and taken["customer_id"] != customer_id:
+                    await self._identities.delete_one({"_id": doc["_id"],
+                                                       "customer_id": customer_id})
+                    return str(taken["customer_id"])
         return customer_id
+
+    def _identity_doc(self, claim: tuple[int, str], identity_key: str, account: str,
+                      customer_id: str) -> Doc:
+        version, ix = claim
+        return {"_id": ix, "customer_id": customer_id, "v": version,
+                "account_ix": self.cipher.blind_index("account", account, version),
+                "created_at": time.time()}
 
     async def link_identity(self, customer_id: str, identity_key: str, account: str) -> bool:
         """Add an identity to an existing customer (management API, plugins).
@@ -129,18 +196,56 @@ class CustomerRepository:
         owner = await self.claim_identity(identity_key, account, customer_id)
         if owner != customer_id:
             return False
-        record.identities[self.identity_index(identity_key)] = identity_key
+        self.add_identity(record, self.identity_index(identity_key), identity_key)
         await self.save(record)
         return True
+
+    async def unlink_identity(self, customer_id: str, identity_key: str) -> bool:
+        """Remove one identity from a customer (management API); False if it is not the
+        customer's. The identity document goes first, so the identity stops reaching the
+        customer before the record changes. The caller keeps at least one identity."""
+        removed = await self._identities.delete_many(
+            {"_id": in_(self.identity_indexes(identity_key)), "customer_id": customer_id})
+        record = await self.load(customer_id)
+        labels = [] if record is None else [label for label, key in record.identities.items()
+                                            if key == identity_key]
+        if record is not None and labels:
+            for label in labels:
+                del record.identities[label]
+            await self.save(record)
+        return removed >= 1
+
+    async def customers_of_account(self, account: str, limit: int) -> list[str]:
+        """Ids of the customers known by ``account`` with or without a memo (blind index
+        lookup, at most ``limit`` identities read)."""
+        docs = await self._identities.find({"account_ix": in_(self.account_indexes(account))},
+                                           limit=limit)
+        return sorted({str(d["customer_id"]) for d in docs})
+
+    async def customers_with(self, field_name: str, value: str, limit: int = 100) -> list[str]:
+        """Ids of customers whose ``email_address`` or ``mobile_number`` equals ``value``
+        after normalization (blind-index lookup; the store never sees the value)."""
+        purpose, normalize = _LOOKUPS[field_name]
+        docs = await self._customers.find(
+            {f"{purpose}_ix": in_(self.cipher.blind_indexes(purpose, normalize(value)))},
+            limit=limit)
+        return sorted(str(d["_id"]) for d in docs)
+
+    async def summaries(self, customer_ids: list[str]) -> dict[str, CustomerSummary]:
+        """What a listing shows of these customers, read without decrypting anything."""
+        if not customer_ids:
+            return {}
+        docs = await self._customers.find({"_id": in_(customer_ids)})
+        return {str(d["_id"]): _summary(d) for d in docs}
 
     async def reachable(self, customer_id: str, *, identity_key: str | None = None,
                         account: str | None = None) -> bool:
         """Whether the customer is known by this identity (or by any identity of ``account``)."""
         flt: dict[str, Any] = {"customer_id": customer_id}
         if identity_key is not None:
-            flt["_id"] = self.identity_index(identity_key)
+            flt["_id"] = in_(self.identity_indexes(identity_key))
         elif account is not None:
-            flt["account_ix"] = self.account_index(account)
+            flt["account_ix"] = in_(self.account_indexes(account))
         else:
             raise ValueError("identity_key or account is required")
         return await self._identities.find_one(flt) is not None
@@ -160,7 +265,9 @@ class CustomerRepository:
         return None if doc is None else self._decode(doc)
 
     async def save(self, record: CustomerRecord) -> None:
-        """Write the whole record (create or replace)."""
+        """Write the whole record (create or replace), with the events of its status change."""
+        if self.observer is not None:
+            await self.observer.before_save(record)
         record.updated_at = time.time()
         doc = self._encode(record)
         try:
@@ -168,14 +275,21 @@ class CustomerRepository:
         except DuplicateKeyError:
             # Two upserts of a new id raced; the other one created it, so replace it now.
             await self._customers.replace_one({"_id": record.id}, doc)
+        if self.observer is not None:
+            await self.observer.after_save(record)
+        await self.queue.put(record)
 
     async def delete(self, customer_id: str) -> bool:
         """Erase the customer, its identities and transaction bindings (not its files).
 
         Identities go first, so the customer stops being reachable before its data goes.
+        Deletion events (tenant webhooks) are written before anything is erased.
         """
+        if self.observer is not None:
+            await self.observer.before_delete(customer_id)
         await self._identities.delete_many({"customer_id": customer_id})
         await self._transactions.delete_many({"customer_id": customer_id})
+        await self.queue.remove(customer_id)
         return await self._customers.delete_one({"_id": customer_id}) == 1
 
     async def set_decision(self, customer_id: str, type_name: str,
@@ -199,6 +313,13 @@ class CustomerRepository:
         record = await self.load(customer_id)
         return None if record is None else record.callback_url
 
+    async def clear_callback_url(self, customer_id: str, set_at: float | None) -> bool:
+        """Forget the callback URL registered at ``set_at`` (SEP-12 §callbacks: after a final
+        status the wallet registers again; a URL answering 410 is disabled). A URL registered
+        since then is kept. One field update, so a concurrent save's other changes survive."""
+        flt = {"_id": customer_id, "callback.set_at": set_at}
+        return await self._customers.update_one(flt, set={"callback": None}) == 1
+
     async def verification_code(self, customer_id: str, field_name: str) -> str | None:
         """The pending verification code of a field (for plugins and tests); None if none."""
         record = await self.load(customer_id)
@@ -209,20 +330,31 @@ class CustomerRepository:
 
     # --- transactions ---
 
-    async def bind_transaction(self, transaction_id: str, customer_id: str) -> bool:
-        """Bind a transaction id to the customer on first use; False if another owns it."""
-        ix = self.cipher.blind_index("transaction", transaction_id)
-        try:
-            await self._transactions.insert_one({"_id": ix, "customer_id": customer_id})
-        except DuplicateKeyError:
-            owner = await self.transaction_owner(transaction_id)
-            return owner in (None, customer_id)
+    async def bind_transaction(self, transaction_id: str, customer_id: str,
+                               cipher: RecordCipher | None = None) -> bool:
+        """Bind a transaction id to the customer on first use; False if another owns it.
+
+        With the customer's ``cipher`` the id is also kept sealed under the customer's data
+        key, so a reindex can recompute its blind index (and erasure shreds it).
+        """
+        sealed = None if cipher is None else cipher.seal_text("transaction_id", transaction_id)
+        for n, (version, ix) in enumerate(self.cipher.claim_indexes("transaction",
+                                                                    transaction_id)):
+            doc = {"_id": ix, "customer_id": customer_id, "v": version, "tid": sealed}
+            try:
+                await self._transactions.insert_one(doc)
+            except DuplicateKeyError:
+                found = await self._transactions.find_one({"_id": ix})
+                if n == 0 and found is not None and found["customer_id"] != customer_id:
+                    return False
         return True
 
     async def transaction_owner(self, transaction_id: str) -> str | None:
-        doc = await self._transactions.find_one(
-            {"_id": self.cipher.blind_index("transaction", transaction_id)})
-        return None if doc is None else str(doc["customer_id"])
+        for ix in self.cipher.blind_indexes("transaction", transaction_id):
+            doc = await self._transactions.find_one({"_id": ix})
+            if doc is not None:
+                return str(doc["customer_id"])
+        return None
 
     # --- encoding ---
 
@@ -232,10 +364,17 @@ class CustomerRepository:
         if record.callback_url is not None:
             callback = {"url": seal("callback_url", record.callback_url),
                         "set_at": record.callback_set_at}
+        record.wrapped_key = self.cipher.current_wrapping(COLLECTION, record.id, record.cipher,
+                                                          record.wrapped_key)
+        email, phone = record.fields.get("email_address"), record.fields.get("mobile_number")
         return {
             "_id": record.id,
             "v": 1,
             "key": record.wrapped_key,
+            # Blind indexes for the management API's lookups (never the values themselves).
+            "email_ix": "" if email is None else self.cipher.email_index(email),
+            "phone_ix": "" if phone is None else self.cipher.phone_index(phone),
+            "ix_v": self.cipher.index_plan.write,
             "created_at": record.created_at,
             "updated_at": record.updated_at,
             "identities": [{"ix": ix, "value": seal(f"identity:{ix}", key)}
@@ -251,6 +390,10 @@ class CustomerRepository:
                        "decision": None if s.decision is None else s.decision.to_doc()}
                       for t, s in record.types.items()],
             "callback": callback,
+            "client_domain": record.client_domain or "",
+            "events": record.events,
+            "has_pending_events": bool(record.events.get("pending")),
+            "pending_token": str(record.events.get("token", "")),
         }
 
     def _decode(self, doc: Doc) -> CustomerRecord:
@@ -274,7 +417,29 @@ class CustomerRepository:
                    for t in doc.get("types", [])},
             callback_url=None if not callback else opened("callback_url", callback["url"]),
             callback_set_at=None if not callback else callback.get("set_at"),
+            client_domain=doc.get("client_domain") or None,
+            events=dict(doc.get("events") or {}),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerSummary:
+    """A customer as a listing shows it: ids, times, per-type status, field *names* only."""
+
+    id: str
+    created_at: float
+    updated_at: float
+    statuses: dict[str, str | None]  # customer type -> last computed status
+    provided: tuple[str, ...]  # names of the text and binary fields provided, sorted
+
+
+def _summary(doc: Doc) -> CustomerSummary:
+    names = {f["name"] for f in doc.get("fields", [])} | {f["name"] for f in doc.get("files", [])}
+    return CustomerSummary(
+        id=str(doc["_id"]), created_at=float(doc["created_at"]),
+        updated_at=float(doc["updated_at"]),
+        statuses={t["type"]: t.get("status") for t in doc.get("types", [])},
+        provided=tuple(sorted(names)))
 
 
 def _verification(cipher: RecordCipher, doc: dict[str, Any]) -> Verification:
