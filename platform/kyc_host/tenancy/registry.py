@@ -21,8 +21,9 @@ from collections.abc import Iterator, Mapping
 from functools import cached_property
 from typing import Any
 
+from kyc_host.crypto.aead import DecryptionError
 from kyc_host.crypto.master import KeyProvider
-from kyc_host.errors import ConfigError
+from kyc_host.errors import ConfigError, ServiceUnavailable
 from kyc_host.settings import PlatformSettings
 from kyc_host.store.base import StoreError
 from kyc_host.tenancy.schema import TenantConfig, parse_tenant
@@ -32,6 +33,8 @@ from kyc_host.tenancy.service import TenantService
 log = logging.getLogger(__name__)
 
 WINDOW_SECONDS = 30.0
+#: Answer while a tenant's secrets cannot be unwrapped (reliability-plan F10).
+KEYS_UNAVAILABLE = "this service's keys are unavailable; retry later"
 
 
 def origin_for(host: str, settings: PlatformSettings) -> str:
@@ -57,6 +60,9 @@ class Tenant:
         self.rev: str = record["rev"]
         self.manager: str = record["manager"]
         self._wrapped_secrets: Mapping[str, object] = record["secrets"]
+        #: The tenant document as stored (what ``config`` was parsed from); an untrusted
+        #: plugin's worker process parses its own copy (hooks/isolation.py).
+        self.document: Mapping[str, Any] = record.get("config", {})
         self._keys = keys
         self.origin = origin_for(config.hosts[0], settings)
         #: Values derived from this tenant version (rendered toml, parsed keys); a changed
@@ -74,7 +80,19 @@ class Tenant:
 
     @cached_property
     def secrets(self) -> TenantSecrets:
-        return unwrap_secrets(self._keys, self.id, self._wrapped_secrets)
+        """The unwrapped secrets; 503 while the master key that wrapped them is not held.
+
+        That happens when another host re-wrapped the tenant with a master key version this
+        process has not loaded yet (its key file is re-read on every refresh poll), or when
+        the key provider cannot be reached. Nothing is cached on failure, so the tenant
+        recovers without a restart; every route of this tenant answers 503 until then (its
+        signing key is wrapped by the same master key), and other tenants are unaffected.
+        """
+        try:
+            return unwrap_secrets(self._keys, self.id, self._wrapped_secrets)
+        except DecryptionError as exc:
+            raise ServiceUnavailable(KEYS_UNAVAILABLE, retry_after=30,
+                                     log_detail=f"tenant {self.id}: {exc}") from None
 
     @property
     def web_auth_endpoint(self) -> str:
