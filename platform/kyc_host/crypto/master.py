@@ -57,6 +57,12 @@ class KeyProvider(Protocol):
     def unwrap(self, wrapped: WrappedKey, context: str) -> bytes: ...
 
 
+class KeyUnavailable(DecryptionError):
+    """The key that wrapped a secret is not held here (yet): a version added on another host,
+    or a key service that cannot be reached. Unlike a plain DecryptionError (a blob that does
+    not authenticate: tampering or a bug), this is worth retrying later."""
+
+
 class LocalKeyProvider:
     """Versioned master keys held in this process; the highest version wraps, all unwrap."""
 
@@ -105,7 +111,7 @@ class LocalKeyProvider:
     def unwrap(self, wrapped: WrappedKey, context: str) -> bytes:
         sealer = self._sealers.get(wrapped.version)
         if wrapped.provider != self.name or sealer is None:
-            raise DecryptionError(
+            raise KeyUnavailable(
                 f"master key {wrapped.provider}:v{wrapped.version} is not loaded")
         return sealer.open(wrapped.blob, context.encode())
 

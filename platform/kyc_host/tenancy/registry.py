@@ -21,8 +21,7 @@ from collections.abc import Iterator, Mapping
 from functools import cached_property
 from typing import Any
 
-from kyc_host.crypto.aead import DecryptionError
-from kyc_host.crypto.master import KeyProvider
+from kyc_host.crypto.master import KeyProvider, KeyUnavailable
 from kyc_host.errors import ConfigError, ServiceUnavailable
 from kyc_host.settings import PlatformSettings
 from kyc_host.store.base import StoreError
@@ -87,10 +86,12 @@ class Tenant:
         the key provider cannot be reached. Nothing is cached on failure, so the tenant
         recovers without a restart; every route of this tenant answers 503 until then (its
         signing key is wrapped by the same master key), and other tenants are unaffected.
+        Secrets that do not authenticate under a held key (tampering) fail closed with a
+        generic 500 instead: retrying would not help.
         """
         try:
             return unwrap_secrets(self._keys, self.id, self._wrapped_secrets)
-        except DecryptionError as exc:
+        except KeyUnavailable as exc:
             raise ServiceUnavailable(KEYS_UNAVAILABLE, retry_after=30,
                                      log_detail=f"tenant {self.id}: {exc}") from None
 
