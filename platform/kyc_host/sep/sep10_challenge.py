@@ -1,11 +1,14 @@
 """SEP-10 challenges for one tenant: build, verify, consume.
 
-Building, reading and signature weighting are stellar-sdk's
-(``stellar_sdk.sep.stellar_web_authentication``); this module adds what the SDK leaves out or
+Building (with the SDK's ``TransactionBuilder``, as its ``build_challenge_transaction`` does)
+and reading are stellar-sdk's (``stellar_sdk.sep.stellar_web_authentication``);
+signature weighting applies the rules of the SDK's ``verify_challenge_transaction_signers``
+to the envelope ``read_challenge_transaction`` decoded once (``_client_signers``: the SDK
+helper would decode and hash the XDR again). This module adds what the SDK leaves out or
 gets wrong (sep-digest §1 items 7-8, §6):
 
-- memo ``0`` is silently dropped by ``build_challenge_transaction``: we set it ourselves and
-  re-sign;
+- memo ``0`` is silently dropped by ``build_challenge_transaction``: we build the challenge
+  with the SDK's builder ourselves (``build_challenge``) and keep it;
 - the SDK accepts a challenge without a ``web_auth_domain`` op: we require exactly one, and no
   op names we never issue;
 - the SDK counts weight-0 signers when the threshold is 0: we drop weight-0 signers (and the
@@ -23,22 +26,33 @@ fails a check is never consumed, so a forged copy cannot burn a wallet's real on
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import logging
+import os
 import time
 from dataclasses import dataclass
 
-from stellar_sdk import IdMemo, Keypair, MuxedAccount, TimeBounds, TransactionEnvelope
+from stellar_sdk import (
+    Account,
+    Keypair,
+    MuxedAccount,
+    Network,
+    TimeBounds,
+    TransactionBuilder,
+    TransactionEnvelope,
+)
+from stellar_sdk import xdr as stellar_xdr
+from stellar_sdk.exceptions import BadSignatureError
 from stellar_sdk.operation import ManageData
 from stellar_sdk.sep.ed25519_public_key_signer import Ed25519PublicKeySigner
 from stellar_sdk.sep.exceptions import InvalidSep10ChallengeError
 from stellar_sdk.sep.stellar_web_authentication import (
     ChallengeTransaction,
-    build_challenge_transaction,
     read_challenge_transaction,
-    verify_challenge_transaction_signers,
-    verify_challenge_transaction_threshold,
 )
+from xdrlib3 import Packer
 
 from kyc_host.errors import BadGateway, BadRequest, ServiceUnavailable
 from kyc_host.net import AccountSigners, HorizonBadAnswer, HorizonClient, HorizonUnavailable
@@ -87,30 +101,55 @@ class VerifiedChallenge:
 def build_challenge(tenant: Tenant, request: ChallengeRequest) -> str:
     """The server-signed challenge XDR: seq 0, minTime now, maxTime now + the tenant's
     challenge timeout, ``"<home_domain> auth"`` with a 48-byte nonce, ``web_auth_domain``
-    (and ``client_domain`` sourced by the wallet's key when requested)."""
-    xdr: str = build_challenge_transaction(
-        server_secret=tenant.secrets.signing_seed,
-        client_account_id=request.account,
-        home_domain=request.home_domain,
-        web_auth_domain=tenant.web_auth_domain,
-        network_passphrase=tenant.config.network_passphrase,
-        timeout=tenant.config.sep10.challenge_timeout_seconds,
-        client_domain=request.client_domain,
-        client_signing_key=request.client_signing_key,
-        memo=request.memo or None,
-    )
-    if request.memo == 0:
-        xdr = _with_memo_zero(tenant, xdr)
-    return xdr
+    (and ``client_domain`` sourced by the wallet's key when requested).
+
+    The transaction is what stellar-sdk 16's ``build_challenge_transaction`` builds, with
+    the same builder calls, except: an ID memo of 0 is kept (the SDK tests ``if memo:`` and
+    drops it, sep-digest §1.7), the tenant's cached signing keypair is used (no key
+    derivation per challenge), and the transaction is converted to XDR once for both the
+    signature and the envelope (the SDK converts and packs it twice: ~0.4 ms a challenge).
+    """
+    if request.account.startswith("M") and request.memo is not None:
+        raise ValueError("memos are not valid for challenge transactions with a muxed account")
+    server = tenant.secrets.signing_keypair
+    now = int(time.time())
+    builder = TransactionBuilder(Account(server.public_key, -1),
+                                 tenant.config.network_passphrase, 100)
+    builder.add_time_bounds(min_time=now,
+                            max_time=now + tenant.config.sep10.challenge_timeout_seconds)
+    builder.append_manage_data_op(data_name=f"{request.home_domain} auth",
+                                  data_value=base64.b64encode(os.urandom(48)),
+                                  source=request.account)
+    builder.append_manage_data_op(data_name="web_auth_domain",
+                                  data_value=tenant.web_auth_domain, source=server.public_key)
+    if request.client_domain:
+        if not request.client_signing_key:
+            raise ValueError("client_signing_key is required if client_domain is provided")
+        builder.append_manage_data_op(data_name="client_domain",
+                                      data_value=request.client_domain,
+                                      source=request.client_signing_key)
+    if request.memo is not None:
+        builder.add_id_memo(request.memo)
+    return _signed_xdr(builder.build(), server)
 
 
-def _with_memo_zero(tenant: Tenant, xdr: str) -> str:
-    # The SDK tests ``if memo:`` and so drops a legal ID memo of 0 (sep-digest §1.7).
-    envelope = TransactionEnvelope.from_xdr(xdr, tenant.config.network_passphrase)
-    envelope.transaction.memo = IdMemo(0)
-    envelope.signatures.clear()
-    envelope.sign(tenant.secrets.signing_keypair)
-    out: str = envelope.to_xdr()
+def _signed_xdr(envelope: TransactionEnvelope, signer: Keypair) -> str:
+    """``envelope.sign(signer); envelope.to_xdr()`` with one XDR conversion of the
+    transaction (the signature base is network id + ENVELOPE_TYPE_TX + transaction, as in
+    ``TransactionEnvelope.signature_base`` for a v1 transaction)."""
+    if not envelope.transaction.v1 or envelope.signatures:
+        raise ValueError("expected an unsigned v1 transaction")
+    tx = envelope.transaction.to_xdr_object()
+    if not isinstance(tx, stellar_xdr.Transaction):  # pragma: no cover - v1 checked above
+        raise ValueError("expected a v1 transaction")
+    packer = Packer()
+    stellar_xdr.EnvelopeType.ENVELOPE_TYPE_TX.pack(packer)
+    tx.pack(packer)
+    base = Network(envelope.network_passphrase).network_id() + packer.get_buffer()
+    signature = signer.sign_decorated(hashlib.sha256(base).digest())
+    v1 = stellar_xdr.TransactionV1Envelope(tx, [signature.to_xdr_object()])
+    out: str = stellar_xdr.TransactionEnvelope(
+        type=stellar_xdr.EnvelopeType.ENVELOPE_TYPE_TX, v1=v1).to_xdr()
     return out
 
 
@@ -236,11 +275,14 @@ async def verify_challenge(tenant: Tenant, horizon: HorizonClient,
     except HorizonBadAnswer as exc:
         raise BadGateway("Horizon gave an unreadable answer",
                          log_detail=f"horizon: {exc}") from None
-    _verify_signatures(tenant, xdr, server, account, record)
     envelope: TransactionEnvelope = challenge.transaction
+    # The hash is computed once here (it re-packs the transaction) and serves both the
+    # signature checks and the replay key.
+    tx_hash = envelope.hash()
+    _verify_signatures(envelope, tx_hash, server, account, record)
     memo: int | None = challenge.memo
     return VerifiedChallenge(
-        tx_hash=envelope.hash_hex(),
+        tx_hash=tx_hash.hex(),
         sub=client if memo is None else f"{client}:{memo}",
         home_domain=challenge.matched_home_domain,
         client_domain=client_domain_of(envelope),
@@ -248,28 +290,93 @@ async def verify_challenge(tenant: Tenant, horizon: HorizonClient,
     )
 
 
-def _verify_signatures(tenant: Tenant, xdr: str, server: str, account: str,
-                       record: AccountSigners | None) -> None:
+def _verify_signatures(envelope: TransactionEnvelope, tx_hash: bytes, server: str,
+                       account: str, record: AccountSigners | None) -> None:
     """Signatures per SEP-10: existing accounts by their signers and medium threshold,
     missing accounts by exactly their master key (plus the client_domain key, if any)."""
-    args = _sdk_args(tenant, xdr, server)
     try:
         if record is None:
-            # What verify_challenge_transaction_signed_by_client_master_key does, minus one
-            # of its two extra decodes of the XDR: the master key is the only signer, and
-            # every other signature (except the client_domain key's) is refused.
-            master = Ed25519PublicKeySigner(account, 255)
-            verify_challenge_transaction_signers(*args, signers=[master])
+            # verify_challenge_transaction_signed_by_client_master_key's rule: the master key
+            # is the only client signer, and every other signature (except the server's and
+            # the client_domain key's) is refused.
+            _client_signers(envelope, tx_hash, server,
+                            [Ed25519PublicKeySigner(account, 255)])
             return
-        server = args[1]
         signers = [Ed25519PublicKeySigner(key, weight) for key, weight in record.signers
                    if weight > 0 and key != server]
         if not signers:
             raise BadRequest("invalid challenge: the account has no signer that can log in")
         threshold = max(record.med_threshold, 1)
-        verify_challenge_transaction_threshold(*args, threshold=threshold, signers=signers)
+        weight = sum(s.weight for s in _client_signers(envelope, tx_hash, server, signers))
+        if weight < threshold:
+            raise InvalidSep10ChallengeError(
+                f"signers with weight {weight} do not meet threshold {threshold}.")
     except InvalidSep10ChallengeError as exc:
         raise BadRequest(f"invalid challenge: {exc}") from None
+
+
+def _client_signers(envelope: TransactionEnvelope, tx_hash: bytes, server: str,
+                    signers: list[Ed25519PublicKeySigner]) -> list[Ed25519PublicKeySigner]:
+    """stellar-sdk 16's ``verify_challenge_transaction_signers`` rules, applied to the
+    envelope ``read_challenge_transaction`` already decoded and checked (the SDK helper
+    decodes the XDR twice more and re-hashes it, ~1.5 ms of a 9.5 ms login, BENCHMARKS.md).
+
+    Every signature must be consumed by exactly one signer (server, client_domain key or a
+    client signer), the server's and the client_domain key's must be present, and at least
+    one client signer must have signed; returns the client signers found (deduplicated).
+    """
+    client_signers = [s for s in signers if s.account_id != server]
+    domain_key = next((op.source.account_id for op in envelope.transaction.operations
+                       if isinstance(op, ManageData) and op.data_name == "client_domain"
+                       and op.source is not None), None)
+    extra = [Ed25519PublicKeySigner(server)]
+    if domain_key:
+        extra.append(Ed25519PublicKeySigner(domain_key))
+    matched = _signatures_of(envelope, tx_hash, [*client_signers, *extra])
+    found: list[Ed25519PublicKeySigner] = []
+    server_found = domain_key_found = False
+    for signer in matched:
+        if signer.account_id == server:
+            server_found = True
+        elif domain_key and signer.account_id == domain_key:
+            domain_key_found = True
+        elif all(f.account_id != signer.account_id for f in found):
+            found.append(signer)
+    if not server_found:
+        raise InvalidSep10ChallengeError(f"Transaction not signed by server: {server}.")
+    if domain_key and not domain_key_found:
+        raise InvalidSep10ChallengeError(
+            "Transaction not signed by the source account of the 'client_domain' "
+            "ManageData operation")
+    if not found:
+        raise InvalidSep10ChallengeError("Transaction not signed by any client signer.")
+    if len(matched) != len(envelope.signatures):
+        raise InvalidSep10ChallengeError("Transaction has unrecognized signatures.")
+    return found
+
+
+def _signatures_of(envelope: TransactionEnvelope, tx_hash: bytes,
+                   signers: list[Ed25519PublicKeySigner]) -> list[Ed25519PublicKeySigner]:
+    """The signers with a valid signature over ``tx_hash``, each signature used at most once
+    (so one signature cannot count for two signers), in ``signers`` order."""
+    if not envelope.signatures:
+        raise InvalidSep10ChallengeError("Transaction has no signatures.")
+    found: list[Ed25519PublicKeySigner] = []
+    used: set[int] = set()
+    for signer in signers:
+        keypair = Keypair.from_public_key(signer.account_id)
+        hint = keypair.signature_hint()
+        for index, decorated in enumerate(envelope.signatures):
+            if index in used or decorated.signature_hint != hint:
+                continue
+            try:
+                keypair.verify(tx_hash, decorated.signature)
+            except BadSignatureError:
+                continue
+            used.add(index)
+            found.append(signer)
+            break
+    return found
 
 
 # --- replay ---

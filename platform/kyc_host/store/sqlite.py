@@ -10,12 +10,20 @@ Threads and the event loop:
   exclusive ``flock`` on ``<db>.writelock`` around each transaction: SQLite's own busy handler
   sleeps (1, 2, 5 ... up to 100 ms) between retries, which put 0.5-1.4 s tails on concurrent
   PUTs with two workers; a blocked ``flock`` wakes the moment the other writer commits.
-- Point reads (``find_one``) run inline on the event loop on their own connection: in WAL
-  mode a reader never waits for a writer, a point query takes tens of microseconds, and the
-  hand-off to a thread cost ~2 ms of loop time per read under load (BENCHMARKS.md). The inline
-  connection never waits on a lock (busy timeout 0); if SQLite reports one anyway, the read is
-  retried on the reader thread.
-- Scans (``find``, ``count``) go to the reader thread.
+- Reads and writes are first tried inline on the event loop, on the loop's own connection:
+  in WAL mode a reader never waits for a writer, a point query or one-row write takes tens of
+  microseconds, and the hand-off to a thread cost ~2 ms of loop time per operation under load
+  (thread-pool machinery was 15-30% of the CPU of a GET, a PUT or a SEP-10 login,
+  BENCHMARKS.md). Inline work never waits and never runs long:
+  - the inline connection has busy timeout 0, and an inline write only proceeds if it gets
+    the cross-process ``flock`` without waiting (and no writer thread of this process is
+    inside a transaction);
+  - a progress handler interrupts inline work past ``INLINE_BUDGET_SECONDS`` (a scan, a big
+    delete), and a document over ``INLINE_MAX_DOC_CHARS`` (a file chunk) is not written inline;
+  - the inline connection never checkpoints the WAL itself (a checkpoint fsyncs); every
+    ``CHECKPOINT_EVERY`` inline commits a passive checkpoint runs on the writer thread.
+  Whatever did not finish inline is rolled back and done again on the reader or writer
+  thread, which wait and report errors as before: same results, same exclusivity.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -51,6 +60,12 @@ from kyc_host.store.schema import COLLECTIONS, spec_for
 
 T = TypeVar("T")
 PLATFORM = ""  # the tenant column value of platform-wide rows
+#: Inline work running longer than this is interrupted and redone on a thread.
+INLINE_BUDGET_SECONDS = 0.002
+#: Documents larger than this (file chunks) are written on the writer thread.
+INLINE_MAX_DOC_CHARS = 64 * 1024
+#: Inline commits between two passive WAL checkpoints on the writer thread.
+CHECKPOINT_EVERY = 500
 _OPS = {"lt": "<", "lte": "<=", "gt": ">", "gte": ">=", "ne": "IS NOT"}
 
 
@@ -129,6 +144,16 @@ def _order(sort: SortSpec) -> str:
         f"{_expr(f)} {'ASC' if d >= 0 else 'DESC'}" for f, d in sort)
 
 
+class _NotInline(Exception):
+    """Raised inside an inline write: this one belongs on the writer thread."""
+
+
+def _done(loop: asyncio.AbstractEventLoop, value: T) -> asyncio.Future[T]:
+    future: asyncio.Future[T] = loop.create_future()
+    future.set_result(value)
+    return future
+
+
 class SqliteStore(Store):
     def __init__(self, url: str) -> None:
         self.url = url
@@ -138,6 +163,12 @@ class SqliteStore(Store):
         self._local = threading.local()
         self._inline: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
+        #: Held by whoever of this process is inside a write transaction (flock is per open
+        #: file, so it cannot tell this process's writer thread from its event loop).
+        self._txn_lock = threading.Lock()
+        self._deadline = 0.0  # inline work is interrupted past this perf_counter() value
+        self._writing_inline = False
+        self._inline_commits = 0
         self._closed = False
 
     # -- connection handling (each executor thread has its own connection) --
@@ -156,14 +187,104 @@ class SqliteStore(Store):
             conn = self._local.conn = self._connect(timeout=4.0)
         return conn
 
-    def read_inline(self, fn: Callable[[sqlite3.Connection], T]) -> T | None:
-        """Run a point read on the loop's own connection; None means "retry on the thread"."""
+    def _inline_conn(self) -> sqlite3.Connection:
         if self._inline is None:
-            self._inline = self._connect(timeout=0)
+            conn = self._connect(timeout=0)
+            conn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run on the writer thread
+            # Every 100 VM instructions: past the deadline, SQLite interrupts the statement.
+            conn.set_progress_handler(lambda: time.perf_counter() > self._deadline, 100)
+            self._inline = conn
+        self._deadline = time.perf_counter() + INLINE_BUDGET_SECONDS
+        return self._inline
+
+    def read_inline(self, fn: Callable[[sqlite3.Connection], T]) -> T | None:
+        """Run a read on the loop's own connection; None means "retry on the thread"."""
         try:
-            return fn(self._inline)
+            return fn(self._inline_conn())
         except sqlite3.OperationalError:
-            return None  # locked (e.g. a WAL restart) or I/O trouble: the thread path decides
+            # Interrupted (over budget), locked (e.g. a WAL restart) or I/O trouble: the
+            # thread path decides.
+            return None
+
+    async def read_any(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn`` inline if it finishes within the budget, else on the reader thread.
+
+        ``fn`` must be a pure read returning a non-None value."""
+        found = self.read_inline(fn)
+        return found if found is not None else await self.read(fn)
+
+    def _write_inline(self, fn: Callable[[sqlite3.Connection], T]) -> tuple[T] | None:
+        """``(result,)`` if the transaction ran and committed inline; None if it must go to
+        the writer thread (lock busy, over budget, document too large), with nothing
+        written. A duplicate key raises DuplicateKeyError, as on the thread."""
+        if self._closed or not self._txn_lock.acquire(blocking=False):
+            return None
+        try:
+            if not self._try_flock():
+                return None
+            try:
+                return self._inline_txn(fn)
+            finally:
+                fcntl.flock(self._lock_file(), fcntl.LOCK_UN)
+        finally:
+            self._txn_lock.release()
+
+    def _inline_txn(self, fn: Callable[[sqlite3.Connection], T]) -> tuple[T] | None:
+        conn = self._inline_conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:
+            # The progress handler can interrupt BEGIN *after* it took the write lock (its
+            # step count runs on across executions of the cached statement): SQLite then
+            # reports "interrupted" with the transaction open. Kept open, it would block
+            # every writer of every process for good (found by tests/faults, F3).
+            self._rollback(conn)
+            return None
+        self._writing_inline = True
+        try:
+            result = fn(conn)
+            # Never interrupted: an interrupted COMMIT must not leave any doubt whether it
+            # committed. (Without autocheckpoint it only appends the WAL frames.)
+            self._deadline = float("inf")
+            conn.execute("COMMIT")
+        except sqlite3.IntegrityError as exc:
+            self._rollback(conn)
+            raise DuplicateKeyError(str(exc)) from None
+        except (sqlite3.OperationalError, _NotInline):
+            self._rollback(conn)
+            return None
+        except BaseException:
+            self._rollback(conn)
+            raise
+        finally:
+            self._writing_inline = False
+        self._inline_commits += 1
+        if self._inline_commits % CHECKPOINT_EVERY == 0:
+            self._writer.submit(self._checkpoint)
+        return (result,)
+
+    def _rollback(self, conn: sqlite3.Connection) -> None:
+        self._deadline = float("inf")  # the progress handler must not interrupt the ROLLBACK
+        if not conn.in_transaction:
+            return
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            # Never leave a transaction (and SQLite's write lock) open on this connection:
+            # closing it rolls back; the next inline operation opens a new one.
+            conn.close()
+            self._inline = None
+
+    def _checkpoint(self) -> None:
+        """Runs on the writer thread: copy the WAL into the database as far as readers allow
+        (PASSIVE never waits), as SQLite's autocheckpoint would have."""
+        with contextlib.suppress(sqlite3.Error):
+            self._conn().execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def check_inline_size(self, text: str) -> None:
+        """Called with each encoded document a write stores: too large to write inline."""
+        if self._writing_inline and len(text) > INLINE_MAX_DOC_CHARS:
+            raise _NotInline()
 
     async def _run(self, pool: ThreadPoolExecutor, fn: Callable[[sqlite3.Connection], T]) -> T:
         def call() -> T:
@@ -181,29 +302,58 @@ class SqliteStore(Store):
         return asyncio.ensure_future(self._run(self._reader, fn))
 
     def write(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """Run ``fn`` in one write transaction: inline if that can be done without waiting
+        (see the module docstring), else on the writer thread. ``fn`` may run twice (the
+        inline attempt was rolled back), so it must only work through ``conn``."""
+        loop = asyncio.get_running_loop()
+        try:
+            inline = self._write_inline(fn)
+        except DuplicateKeyError as exc:
+            failed: asyncio.Future[T] = loop.create_future()
+            failed.set_exception(exc)
+            return failed
+        if inline is not None:
+            return _done(loop, inline[0])
+
         def in_txn(conn: sqlite3.Connection) -> T:
-            with self._write_lock():
+            with self._txn_lock, self._write_lock():
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     result = fn(conn)
+                    conn.execute("COMMIT")
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    # Also when COMMIT itself failed: a transaction left open here would
+                    # hold SQLite's write lock against every process until this one exits.
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
                     raise
-                conn.execute("COMMIT")
                 return result
 
         return asyncio.ensure_future(self._run(self._writer, in_txn))
 
+    def _lock_file(self) -> int:
+        if self._lock_fd is None:
+            self._lock_fd = os.open(f"{self.path}.writelock", os.O_RDWR | os.O_CREAT, 0o600)
+        return self._lock_fd
+
+    def _try_flock(self) -> bool:
+        try:
+            fcntl.flock(self._lock_file(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # another process is writing
+        except OSError:
+            return False  # the thread path reports it
+        return True
+
     @contextlib.contextmanager
     def _write_lock(self) -> Iterator[None]:
         """Exclusive across processes; runs on the writer thread, so blocking here is fine."""
-        if self._lock_fd is None:
-            self._lock_fd = os.open(f"{self.path}.writelock", os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        fd = self._lock_file()
+        fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             yield
         finally:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
     # -- Store --
 
@@ -292,8 +442,10 @@ class SqliteCollection(Collection):
         return str(doc["_id"])
 
     def _insert(self, conn: sqlite3.Connection, doc: Doc) -> None:
+        text = _encode(doc)
+        self._store.check_inline_size(text)
         conn.execute(f"INSERT INTO {self._table} (tenant, id, doc) VALUES (?, ?, ?)",
-                     (self._tenant, str(doc["_id"]), _encode(doc)))
+                     (self._tenant, str(doc["_id"]), text))
 
     async def find_one(self, flt: Filter) -> Doc | None:
         sql, params = self._select(flt)
@@ -302,10 +454,7 @@ class SqliteCollection(Collection):
         def query(conn: sqlite3.Connection) -> tuple[tuple[str] | None]:
             return (conn.execute(sql, params).fetchone(),)  # wrapped: None is a valid answer
 
-        found = self._store.read_inline(query)
-        if found is None:
-            found = await self._store.read(query)
-        row = found[0]
+        row = (await self._store.read_any(query))[0]
         return _decode(row[0]) if row else None
 
     async def find(
@@ -315,12 +464,12 @@ class SqliteCollection(Collection):
         sql += _order(sort)
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        rows = await self._store.read(lambda conn: conn.execute(sql, params).fetchall())
+        rows = await self._store.read_any(lambda conn: conn.execute(sql, params).fetchall())
         return [_decode(r[0]) for r in rows]
 
     async def count(self, flt: Filter) -> int:
         sql, params = self._select(flt, "COUNT(*)")
-        row = await self._store.read(lambda conn: conn.execute(sql, params).fetchone())
+        row = await self._store.read_any(lambda conn: conn.execute(sql, params).fetchone())
         return int(row[0])
 
     def _modify(
@@ -341,8 +490,10 @@ class SqliteCollection(Collection):
             return doc
         doc = change(_decode(row[1]))
         doc["_id"] = row[0]
+        text = _encode(doc)
+        self._store.check_inline_size(text)
         conn.execute(f"UPDATE {self._table} SET doc = ? WHERE tenant = ? AND id = ?",
-                     (_encode(doc), self._tenant, row[0]))
+                     (text, self._tenant, row[0]))
         return doc
 
     async def update_one(
