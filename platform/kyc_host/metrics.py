@@ -24,6 +24,8 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+#: event created -> delivered: from an immediate delivery to a day of retries.
+CALLBACK_LATENCY_BUCKETS = (0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0, 86400.0)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
 
@@ -55,6 +57,22 @@ class Metrics:
         self.hook_latency = Histogram(
             "kyc_hook_duration_seconds", "Plugin hook durations by hook.", ["hook"],
             buckets=_LATENCY_BUCKETS, registry=registry)
+        self.rate_limited = Counter(
+            "kyc_rate_limited", "Requests refused with 429 by a tenant limit, by limit name.",
+            ["tenant", "limit"], registry=registry)
+        self.callback_events = Counter(
+            "kyc_callback_events",
+            "SEP-12 callback and webhook attempts by tenant and outcome (delivered, retried, "
+            "dead_lettered, disabled).", ["tenant", "outcome"], registry=registry)
+        self.callback_latency = Histogram(
+            "kyc_callback_delivery_seconds",
+            "Time from a status change (its event) to its successful delivery.",
+            buckets=CALLBACK_LATENCY_BUCKETS, registry=registry)
+        # Every process reads the same outbox, so the processes' values agree: max, not sum.
+        self.callback_pending = Gauge(
+            "kyc_callback_events_pending", "Callback and webhook events not yet delivered, "
+            "dead-lettered or disabled, by tenant (as last seen by the worker).", ["tenant"],
+            multiprocess_mode="max", registry=registry)
         self.tenants = Gauge(
             "kyc_tenants_loaded", "Tenants this process serves.", multiprocess_mode="max",
             registry=registry)

@@ -4,27 +4,20 @@ receiver; once the receiver recovers, every event is delivered (at least once, s
 
 from __future__ import annotations
 
-import asyncio
-import os
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import tomli_w
-from tornado.httpclient import AsyncHTTPClient
 
 from callbacks.cb_helpers import FAST, Receiver, complete, customer_with_callback, eventually
-from conftest import RunningServer, free_port, make_tenant_doc
+from conftest import RunningServer, make_tenant_doc
+from faults.deploy import Deployment
 from kyc_host.app import Server, build_services
 from kyc_host.settings import load_settings
 from sep12.sep12_helpers import Wallet
 
 CUSTOMERS_PER_TENANT = 20
-START_DEADLINE = 30.0
 
 
 @pytest.fixture
@@ -34,67 +27,16 @@ async def receiver() -> AsyncIterator[Receiver]:
     await instance.close()
 
 
-class Deployment:
-    """A working directory with a settings file and two tenant files; runs ``serve``."""
-
-    def __init__(self, root: Path, storage_url: str) -> None:
-        self.root = root
-        self.public_port, self.admin_port = free_port(), free_port()
-        self.config = root / "kyc-host.toml"
-        self.config.write_text(tomli_w.dumps({
-            "storage_url": storage_url, "master_key_file": str(root / "master.key"),
-            "tenants_dir": str(root / "tenants"), "dev_mode": True, **FAST,
-            "public_listen": f"127.0.0.1:{self.public_port}",
-            "admin_listen": f"127.0.0.1:{self.admin_port}"}))
-        (root / "tenants").mkdir()
-        for tenant_id, host in (("t1", "a.test"), ("t2", "b.test")):
-            (root / "tenants" / f"{tenant_id}.toml").write_text(
-                # Test backoff is short (FAST), so allow attempts for the whole scenario.
-                tomli_w.dumps(make_tenant_doc(tenant_id, [host],
-                                              callbacks={"max_attempts": 200})))
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KYC_HOST_")}
-        with (self.root / "serve.log").open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "kyc_host", "serve", "--config", str(self.config)],
-                cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT)
-
-    async def ready(self) -> None:
-        client = AsyncHTTPClient(force_instance=True)
-        end = time.monotonic() + START_DEADLINE
-        try:
-            while time.monotonic() < end:
-                assert self.process is not None
-                if self.process.poll() is not None:
-                    pytest.fail(f"serve exited: {(self.root / 'serve.log').read_text()}")
-                try:
-                    reply = await client.fetch(f"http://127.0.0.1:{self.admin_port}/readyz",
-                                               raise_error=False, request_timeout=2)
-                    if reply.code == 200:
-                        return
-                except OSError:
-                    pass
-                await asyncio.sleep(0.05)
-        finally:
-            client.close()
-        pytest.fail("serve did not become ready")
-
-    def stop(self, signum: int) -> int:
-        assert self.process is not None
-        self.process.send_signal(signum)
-        return self.process.wait(30)
-
-    def kill_if_running(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+def _deployment(root: Path, storage_url: str) -> Deployment:
+    """Two tenants; the test backoff is short (FAST), so allow attempts for the whole scenario."""
+    return Deployment(root, storage_url, [
+        make_tenant_doc(tenant_id, [host], callbacks={"max_attempts": 200})
+        for tenant_id, host in (("t1", "a.test"), ("t2", "b.test"))], settings=FAST)
 
 
 async def test_kill9_twice_and_sigterm_during_retries_then_all_delivered(
         backend: str, tmp_path: Path, receiver: Receiver) -> None:
-    deployment = Deployment(tmp_path, backend)
+    deployment = _deployment(tmp_path, backend)
     deployment.start()
     try:
         await deployment.ready()

@@ -22,6 +22,7 @@ from callbacks.cb_helpers import (
     signing_key,
 )
 from conftest import MakeServer
+from foundation.test_metrics import sample
 from kyc_host.callbacks.signing import url_host, verify_sep12
 from kyc_host.sep.sep12_tenant import service_for
 from kyc_host.sep.sep12_types import CustomerStatus
@@ -177,6 +178,19 @@ async def test_receiver_down_then_up_is_delivered(make_server: MakeServer,
     metrics = srv.services.callback_metrics
     await eventually(lambda: metrics.delivered == 1, what="the metrics")
     assert metrics.retried == len(sink.hits) - 1
+    # The same counts on the admin listener's /metrics, by tenant and outcome.
+    text = (await srv.fetch("localhost", "/metrics", admin=True)).body.decode()
+    assert sample(text, "kyc_callback_events_total", tenant="t1", outcome="delivered") == 1
+    assert sample(text, "kyc_callback_events_total", tenant="t1",
+                  outcome="retried") == len(sink.hits) - 1
+    assert sample(text, "kyc_callback_delivery_seconds_count") == 1
+    assert 'kyc_callback_events_pending{tenant="t1"}' in text
+
+    async def none_pending() -> bool:
+        text = (await srv.fetch("localhost", "/metrics", admin=True)).body.decode()
+        return sample(text, "kyc_callback_events_pending", tenant="t1") == 0
+
+    await eventually(none_pending, what="the pending gauge to drop")
 
 
 async def test_410_disables_the_url(make_server: MakeServer, receiver: Receiver) -> None:

@@ -12,6 +12,7 @@ callback URL (the URL lives sealed in the customer record).
 
 from __future__ import annotations
 
+import math
 import re
 
 from kyc_host.callbacks.events import EventState, public_view
@@ -47,6 +48,8 @@ class CallbackListHandler(_CallbacksBase):
                 before = float(cursor) if len(cursor) <= MAX_CURSOR_CHARS else None
             except ValueError:
                 before = None
+            if before is not None and not math.isfinite(before):
+                before = None  # NaN/inf: a store query the MongoDB backend fails on (503)
             if before is None:
                 raise BadRequest("cursor must be the next_cursor of the previous page")
         limit = clamp_limit(self.query("limit"))

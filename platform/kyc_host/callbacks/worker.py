@@ -2,8 +2,10 @@
 
 Finding work. Every ``callbacks_poll_seconds`` the worker reads the platform ``outbox_wake``
 marker (one indexed query: which tenants relayed events lately, in any process) and looks
-at those tenants plus the ones whose next retry is due; every ``callbacks_sweep_seconds``
-it looks at every tenant and relays events a crashed writer left in customer records.
+at those tenants (while their marker is new) plus the ones whose next retry is due; every
+``callbacks_sweep_seconds`` it looks at every tenant and relays events a crashed writer left
+in customer records. A look reads the due events in batches, not once per attempt (a read is
+a full scan on FerretDB, see ``_start_due``).
 
 Exclusivity. An attempt is claimed by inserting the lease ``<event id>:<attempt>`` (unique):
 two processes never hold one attempt, so an event is never sent twice at the same time. A
@@ -27,6 +29,7 @@ pending (not yet given up), so a wallet never sees PROCESSING after ACCEPTED.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import os
 import random
@@ -38,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kyc_host.callbacks import events as ev
-from kyc_host.callbacks.outbox import Outbox, woken_tenants
+from kyc_host.callbacks.outbox import WAKE_EVERY, Outbox, woken_tenants
 from kyc_host.callbacks.retry import Backoff, plan, retry_after
 from kyc_host.callbacks.signing import sep12_signature, webhook_signature
 from kyc_host.errors import ApiError
@@ -58,6 +61,7 @@ CANCEL_WAIT = 1.0  # how long shutdown waits for cancelled tasks to unwind
 CLEANUP_SECONDS = 600.0  # expired leases and old delivered events are removed this often
 BATCH = 100  # due events read per query
 WAKE_MARGIN = 5.0  # seconds of clock skew tolerated between processes' wake-up markers
+LEASE_SKEW = 5.0  # seconds of clock skew tolerated between a lease's holder and others
 RECORD_GRACE = 2.0  # a record's own writer relays its events; the sweeper waits this long
 MAX_RESPONSE_BYTES = 64 * 1024  # a receiver's answer is read (to reuse the connection), not kept
 MIN_SECRET_BYTES = 24
@@ -111,6 +115,7 @@ class CallbackWorker:
         self._stopping = False
         self._cleaned_at = 0.0
         self._next_due: dict[str, float] = {}
+        self._markers: dict[str, _Marker] = {}  # tenant -> the wake-up marker last acted on
 
     # --- lifecycle ---
 
@@ -147,7 +152,8 @@ class CallbackWorker:
                     await self._sweep_records(tenants, now)
                     last_sweep = now
                 else:
-                    tenants = await woken_tenants(self.services.store, last_check - WAKE_MARGIN)
+                    markers = await woken_tenants(self.services.store, last_check - WAKE_MARGIN)
+                    tenants = self._woken(markers, now)
                     tenants |= {t for t, due in self._next_due.items() if due <= now}
                 last_check = now
                 for tenant_id in tenants:
@@ -171,6 +177,30 @@ class CallbackWorker:
             if relayed:
                 log.info("tenant %s: relayed %d callback event(s) left by an interrupted "
                          "write", tenant_id, relayed, extra={"tenant": tenant_id})
+
+    def _woken(self, markers: Mapping[str, float], now: float) -> set[str]:
+        """The tenants to look at for these wake-up markers (``woken_tenants``).
+
+        A marker stays in the query's window for WAKE_MARGIN seconds, but a tenant is looked
+        at only while the marker is new: at each poll for WAKE_EVERY seconds after this
+        worker first saw it, then once more (a writer writes at most one marker per
+        WAKE_EVERY, so events it relays just after a marker have none of their own). Each
+        look is a read of the due list, a full scan on FerretDB; looking at every poll of the
+        window made those reads, not the sending, the bottleneck.
+        """
+        woken: set[str] = set()
+        for tenant_id, at in markers.items():
+            marker = self._markers.get(tenant_id)
+            if marker is None or marker.at != at:  # != not <: writers' clocks may differ
+                self._markers[tenant_id] = _Marker(at, now)
+        for tenant_id, marker in list(self._markers.items()):
+            if marker.done:
+                if tenant_id not in markers:
+                    del self._markers[tenant_id]
+                continue
+            woken.add(tenant_id)
+            marker.done = now - marker.seen_at >= WAKE_EVERY
+        return woken
 
     def _kick(self, tenant_id: str) -> None:
         wake = self._wakes.get(tenant_id)
@@ -207,6 +237,8 @@ class CallbackWorker:
                     break
                 await self._settle(drain, wake)
             await self._note_next_due(tenant_id, outbox)
+            if wake.is_set():  # woken while winding down: look again at the next poll
+                self._next_due[tenant_id] = time.time()
         except StoreError as exc:
             log.warning("tenant %s: callback delivery paused: %s", tenant_id, exc,
                         extra={"tenant": tenant_id})
@@ -226,33 +258,37 @@ class CallbackWorker:
     async def _start_due(self, tenant: Tenant, outbox: Outbox, drain: _DrainState, *,
                          refresh: bool) -> int:
         """Start attempts for due events while slots are free: per customer and channel only
-        the oldest, and none while an event of that customer and channel is in flight. Due
-        events are read in batches and re-read when the batch is used up, on a wake-up, or
-        after a poll interval."""
-        if len(drain.inflight) >= PER_TENANT:
+        the oldest, and none while an event of that customer and channel is in flight.
+
+        Due events are read in batches, and read again on a wake-up, at once when a full
+        batch is used up (more may be due) or has fewer events left than free slots, and
+        otherwise only when nothing read can start and the last read is a poll interval
+        old. Not while the batch still has events to start: on FerretDB the read is a scan
+        of the whole outbox, and reading again after every attempt made the reads, not the
+        sending, the bottleneck.
+        """
+        free = PER_TENANT - len(drain.inflight)
+        if free <= 0:
             return 0
         now = time.time()
-        if refresh or not drain.queue or now - drain.queried_at >= self.poll:
-            drain.queue = await outbox.due(now, BATCH)
-            drain.queried_at = now
-        busy = {_order_key(e) for e in drain.events.values()}
-        first: dict[tuple[str, str], Doc] = {}
-        for event in drain.queue:
-            key = _order_key(event)
-            if key not in first or event["seq"] < first[key]["seq"]:
-                first[key] = event
+        ready = _startable(drain, now)
+        used_up = drain.full and len(ready) < free and len(drain.queue) == len(ready)
+        if refresh or used_up or (not ready and now - drain.queried_at >= self.poll):
+            batch = await outbox.due(now, BATCH)
+            drain.full = len(batch) >= BATCH
+            drain.queried_at = time.time()
+            # Events in flight come back while pending; their attempt's end decides on them.
+            drain.queue = [e for e in batch if e["_id"] not in drain.inflight]
+            ready = _startable(drain, now)
         started = 0
-        for key, event in first.items():
-            if len(drain.inflight) >= PER_TENANT:
-                break
+        for event in ready[:free]:
             event_id = event["_id"]
-            if key in busy or event_id in drain.inflight or drain.resting.get(event_id, 0) > now:
-                continue
             drain.events[event_id] = event
             drain.inflight[event_id] = asyncio.create_task(self._deliver(tenant, outbox, event))
-            drain.queue = [e for e in drain.queue if e["_id"] != event_id]
-            busy.add(key)
             started += 1
+        if started:
+            begun = {e["_id"] for e in ready[:started]}
+            drain.queue = [e for e in drain.queue if e["_id"] not in begun]
         return started
 
     async def _settle(self, drain: _DrainState, wake: asyncio.Event) -> None:
@@ -276,8 +312,10 @@ class CallbackWorker:
             # Blocked, busy or just attempted: not again within a poll (a due list read
             # while the attempt ran may still show it pending).
             drain.resting[event_id] = now + self.poll
-            if failed or not task.result():
-                drain.queue.append(event)
+            if failed or task.result() is _Start.BLOCKED:
+                drain.queue.append(event)  # still due as read; TAKEN: the next read tells
+            else:  # a copy read while it ran is stale now (claiming it again is wasted work)
+                drain.queue = [e for e in drain.queue if e["_id"] != event_id]
         for event_id in [e for e, until in drain.resting.items() if until <= now]:
             del drain.resting[event_id]
 
@@ -287,29 +325,33 @@ class CallbackWorker:
             self._next_due.pop(tenant_id, None)
         else:  # blocked events (an older one pending) are looked at again after a poll
             self._next_due[tenant_id] = max(next_due, time.time() + self.poll)
-        self.metrics.pending_by_tenant[tenant_id] = await outbox.pending_count()
+        self.metrics.set_pending(tenant_id, await outbox.pending_count())
 
     # --- one event ---
 
-    async def _deliver(self, tenant: Tenant, outbox: Outbox, event: Doc) -> bool:
+    async def _deliver(self, tenant: Tenant, outbox: Outbox, event: Doc) -> _Start:
         if await outbox.has_older_pending(event):
-            return False
+            return _Start.BLOCKED
+        claimed_at = time.time()  # claim() dates the lease no earlier than this
         attempt = await outbox.claim(event, self.lease, self.owner)
         if attempt is None:
-            return False
+            return _Start.TAKEN
         fresh = await outbox.get(event["_id"])
         if (fresh is None or fresh["state"] != ev.EventState.PENDING
                 or int(fresh.get("attempt", 0)) >= attempt
                 or float(fresh["due_at"]) > time.time()):
             # Another process attempted it since we read it (and finished or rescheduled).
             await outbox.release(event["_id"], attempt)
-            return False
+            return _Start.TAKEN
         outcome = await self._attempt(tenant, fresh)
         changes = self._record(tenant, fresh, attempt, outcome)
-        if not await outbox.finish_attempt(fresh["_id"], attempt, changes):
-            return True  # a later attempt (after our lease expired) recorded its result
+        # Other processes see the lease expire by their own clocks: up to LEASE_SKEW sooner.
+        held_until = claimed_at + self.lease - min(LEASE_SKEW, self.lease / 2)
+        if not await outbox.finish_attempt(fresh["_id"], attempt, changes,
+                                           held_until=held_until):
+            return _Start.SENT  # a later attempt (after our lease expired) recorded its result
         await self._after(tenant, outbox, fresh, attempt, outcome, changes)
-        return True
+        return _Start.SENT
 
     async def _attempt(self, tenant: Tenant, event: Doc) -> Outcome:
         try:
@@ -415,16 +457,17 @@ class CallbackWorker:
                      outcome: Outcome, changes: Mapping[str, Any]) -> None:
         state = changes["state"]
         if state == ev.EventState.DELIVERED:
-            self.metrics.observe_delivery(time.time() - float(event.get("cycle_at") or 0.0))
+            self.metrics.observe_delivery(
+                tenant.id, time.time() - float(event.get("cycle_at") or 0.0))
         elif state == ev.EventState.DISABLED:
-            self.metrics.disabled += 1
+            self.metrics.count(tenant.id, "disabled")
         elif state == ev.EventState.DEAD:
-            self.metrics.dead_lettered += 1
+            self.metrics.count(tenant.id, "dead_lettered")
             log.warning("tenant %s: callback event %s dead-lettered after %d attempts",
                         tenant.id, event["_id"], attempt, extra={"tenant": tenant.id})
             await self._dead_lettered(tenant, outbox, event, attempt, str(changes["last_error"]))
         else:
-            self.metrics.retried += 1
+            self.metrics.count(tenant.id, "retried")
         if outcome.clear_url and event["kind"] == ev.SEP12:
             # SEP-12 §callbacks: after ACCEPTED/REJECTED the wallet registers again; a 410
             # disables the URL. A URL registered since this one was used is kept.
@@ -457,11 +500,43 @@ class CallbackWorker:
 class _DrainState:
     """One tenant's drain: attempts in flight, due events read but not started yet."""
 
-    inflight: dict[str, asyncio.Task[bool]] = field(default_factory=dict)
+    inflight: dict[str, asyncio.Task[_Start]] = field(default_factory=dict)
     events: dict[str, Doc] = field(default_factory=dict)  # the events in flight
     resting: dict[str, float] = field(default_factory=dict)  # id -> not before (blocked)
     queue: list[Doc] = field(default_factory=list)
     queried_at: float = 0.0
+    full: bool = False  # the last read returned BATCH events: more may be due
+
+
+class _Start(enum.Enum):
+    """How an attempt of :meth:`CallbackWorker._deliver` ended."""
+
+    SENT = "sent"  # attempted, whatever the receiver said: the store has the event's new state
+    BLOCKED = "blocked"  # an older event of its customer and channel is pending: later
+    TAKEN = "taken"  # another process holds or has attempted it since it was read
+
+
+@dataclass(slots=True)
+class _Marker:
+    """A tenant's wake-up marker as this worker last saw it (CallbackWorker._woken)."""
+
+    at: float  # the marker's own value (the writer's clock)
+    seen_at: float  # when this worker first saw that value (its own clock)
+    done: bool = False  # looked at for WAKE_EVERY after seen_at, then once more
+
+
+def _startable(drain: _DrainState, now: float) -> list[Doc]:
+    """The queued events that may start now: per customer and channel the oldest, unless an
+    event of that customer and channel is in flight or the oldest is resting."""
+    busy = {_order_key(e) for e in drain.events.values()}
+    first: dict[tuple[str, str], Doc] = {}
+    for event in drain.queue:
+        key = _order_key(event)
+        if key not in first or event["seq"] < first[key]["seq"]:
+            first[key] = event
+    return [event for key, event in first.items()
+            if key not in busy and event["_id"] not in drain.inflight
+            and drain.resting.get(event["_id"], 0) <= now]
 
 
 def _order_key(event: Mapping[str, Any]) -> tuple[str, str]:
