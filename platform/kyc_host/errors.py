@@ -61,6 +61,17 @@ class TooManyRequests(ApiError):
     status = 429
 
 
+class LimitExceeded(TooManyRequests):
+    """A tenant limit (``limits.<limit>``) is used up; counted per tenant and limit in
+    ``kyc_rate_limited``. Rates send ``Retry-After``; quotas (which free up only when data
+    is deleted) do not."""
+
+    def __init__(self, limit: str, message: str, *, retry_after: int | None = None) -> None:
+        headers = None if retry_after is None else {"Retry-After": str(retry_after)}
+        super().__init__(message, headers=headers)
+        self.limit = limit
+
+
 class ServiceUnavailable(ApiError):
     """The platform (or a dependency such as the store) cannot serve right now; retry later."""
 

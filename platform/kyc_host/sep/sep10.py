@@ -20,7 +20,9 @@ from tornado.http1connection import HTTP1Connection
 from tornado.httputil import HTTPFile, HTTPInputError, parse_body_arguments
 from tornado.web import stream_request_body
 
-from kyc_host.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from kyc_host.errors import ApiError, BadRequest, PayloadTooLarge, UnsupportedMediaType
+from kyc_host.ratelimit import web as limits
+from kyc_host.ratelimit.limiter import RateLimited
 from kyc_host.sep import client_domain as wallet_domain
 from kyc_host.sep.sep10_challenge import (
     MAX_TRANSACTION_CHARS,
@@ -62,7 +64,9 @@ class AuthHandler(BaseHandler):
 
     async def get(self) -> None:
         tenant = self.tenant
+        await limits.limit(self, "auth_per_ip")
         request = self._challenge_request()
+        await limits.limit(self, "auth_per_account", _subject(request))
         if request.client_domain is not None:
             key = await wallet_domain.signing_key(tenant, self.services.http,
                                                   request.client_domain)
@@ -71,9 +75,23 @@ class AuthHandler(BaseHandler):
                          "network_passphrase": tenant.config.network_passphrase})
 
     async def post(self) -> None:
+        await limits.limit(self, "auth_per_ip")
+        await limits.check_failed_logins(self)
+        try:
+            await self._login()
+        except ApiError as exc:
+            # Any 4xx but a limit's own is a failed login (bad signature, replay, junk):
+            # counted per client IP so signatures cannot be guessed or Horizon flooded.
+            if 400 <= exc.status < 500 and not isinstance(exc, RateLimited):
+                await limits.record_failed_login(self)
+            raise
+
+    async def _login(self) -> None:
         tenant = self.tenant
         xdr = self._posted_transaction()
         challenge = await verify_challenge(tenant, self.services.horizon, xdr)
+        # Per authenticated account: only now is the account proven to be the caller's.
+        await limits.limit(self, "auth_per_account", challenge.sub)
         await consume(self.services.store, tenant, challenge)
         token = issue_token(tenant, sub=challenge.sub, jti=challenge.tx_hash,
                             home_domain=challenge.home_domain,
@@ -146,6 +164,11 @@ class AuthHandler(BaseHandler):
             return values[0].decode("ascii")
         except UnicodeDecodeError:
             raise BadRequest("transaction must be base64 XDR") from None
+
+
+def _subject(request: ChallengeRequest) -> str:
+    """The token subject a challenge request is for (``G``, ``G:memo`` or ``M``)."""
+    return request.account if request.memo is None else f"{request.account}:{request.memo}"
 
 
 def _account(value: str | None) -> str:

@@ -15,16 +15,20 @@ Endpoints (SEP-12 §4.1; status codes per digest §4.10):
 - ``PUT /kyc/customer/callback``
 - ``GET/POST /kyc/customer/files``
 
-All of them answer CORS preflights: browser wallets call them cross-origin.
+All of them answer CORS preflights: browser wallets call them cross-origin. ``PUT
+/customer`` and uploads are counted against the tenant's rate limits in ``prepare()``, before
+the body is read (kyc_host/ratelimit); ``GET /customer`` is not limited.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 
 from tornado.web import stream_request_body
 
 from kyc_host.errors import ApiError
+from kyc_host.ratelimit import web as limits
 from kyc_host.sep import sep9
 from kyc_host.sep.sep10_tokens import Identity, bearer_token, verify_token
 from kyc_host.sep.sep12_body import (
@@ -100,6 +104,18 @@ class CustomerHandler(Sep12Handler):
             return self.tenant.config.limits.max_request_bytes
         return SMALL_BODY_BYTES
 
+    def prepare(self) -> Awaitable[None] | None:  # type: ignore[override]
+        super().prepare()
+        # Limits are checked before the body is read (a refused upload is never buffered).
+        # GET, the polling hot path, stays synchronous: not rate limited, no store access.
+        return self._limit_put() if self.request.method == "PUT" else None
+
+    async def _limit_put(self) -> None:
+        await limits.limit(self, "customer_puts_per_ip")
+        await limits.limit(self, "customer_puts_per_account", self.identity.sub)
+        if _is_multipart(self.request.headers.get("Content-Type")):
+            await _limit_uploads(self)
+
     async def get(self) -> None:
         self.write_json(await self.sep12.get_customer(self.identity, self.query()))
 
@@ -148,11 +164,25 @@ class FilesHandler(Sep12Handler):
             return self.tenant.config.limits.max_request_bytes
         return SMALL_BODY_BYTES
 
+    def prepare(self) -> Awaitable[None] | None:  # type: ignore[override]
+        super().prepare()
+        return _limit_uploads(self) if self.request.method == "POST" else None
+
     async def get(self) -> None:
         self.write_json(await self.sep12.list_files(self.identity, self.query()))
 
     async def post(self) -> None:
         self.write_json(await self.sep12.upload_file(self.identity, self.body()))
+
+
+def _is_multipart(content_type: str | None) -> bool:
+    return (content_type or "").split(";", 1)[0].strip().lower() == "multipart/form-data"
+
+
+async def _limit_uploads(handler: Sep12Handler) -> None:
+    """An upload: a multipart PUT /customer or POST /customer/files."""
+    await limits.limit(handler, "uploads_per_ip")
+    await limits.limit(handler, "uploads_per_account", handler.identity.sub)
 
 
 routes = [

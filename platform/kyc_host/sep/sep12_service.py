@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from kyc_host.errors import ApiError, BadRequest, NotFound
+from kyc_host.errors import ApiError, BadRequest, LimitExceeded, NotFound
 from kyc_host.hooks.context import customer_data, file_ref
 from kyc_host.hooks.contract import (
     CallbackRequest,
@@ -168,7 +168,12 @@ class Sep12Service:
                                                      "type" in put.control)
         principal, record = await self._locate(identity, put.control)
         await self._check_transaction(transaction_id, record)
+        if record is None:
+            await self._check_customer_quota(principal.account)
         changes = await self._changes(identity, put, record, type_name)
+        if changes.uploads:
+            replaced = sum(1 for n in changes.uploads if record is not None and n in record.files)
+            await self._check_file_quota(identity, len(changes.uploads) - replaced)
         decision = None
         if record is None or changes.data_changed:
             decision = await self._put_hook(identity, put, record, changes, type_name,
@@ -419,6 +424,7 @@ class Sep12Service:
         if data is None or set(body.names()) != {"file"}:
             raise BadRequest("send exactly one multipart part named file")
         media = check_upload("file", data, self.config.limits)
+        await self._check_file_quota(identity, 1)
         owner = params.token_principal(identity)
         customer_id = await self.customers.customer_id_for(owner.key)
         info = await self.files.create(
@@ -444,6 +450,29 @@ class Sep12Service:
         except NotFound:
             found = []  # a malformed id matches nothing; this endpoint always answers 200
         return {"files": [file_object(f) for f in found]}
+
+    # --- quotas (429 naming the limit; soft under concurrency: checked, then written) ---
+
+    async def _check_customer_quota(self, account: str) -> None:
+        """A new customer for ``account`` must fit ``limits.max_customers_per_account``
+        (memos are free to invent; customers are not free to store)."""
+        most = self.config.limits.max_customers_per_account
+        if await self.customers.identities_of_account(account) >= most:
+            raise LimitExceeded("max_customers_per_account",
+                                f"limits.max_customers_per_account reached: this account "
+                                f"already has {most} customers")
+
+    async def _check_file_quota(self, identity: Identity, adding: int) -> None:
+        """``adding`` more files must fit ``limits.max_files_per_identity``."""
+        if adding <= 0:
+            return
+        most = self.config.limits.max_files_per_identity
+        owner = params.token_principal(identity)
+        owned = await self.files.count_owned(self.customers.identity_indexes(owner.key))
+        if owned + adding > most:
+            raise LimitExceeded("max_files_per_identity",
+                                f"limits.max_files_per_identity reached: at most {most} "
+                                "files per account and memo; reuse or replace uploaded files")
 
     # --- ownership ---
 

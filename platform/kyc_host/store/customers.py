@@ -222,6 +222,11 @@ class CustomerRepository:
                                            limit=limit)
         return sorted({str(d["customer_id"]) for d in docs})
 
+    async def identities_of_account(self, account: str) -> int:
+        """How many identities (memos) of ``account`` are known: the customers it holds,
+        for the ``limits.max_customers_per_account`` quota."""
+        return await self._identities.count({"account_ix": in_(self.account_indexes(account))})
+
     async def customers_with(self, field_name: str, value: str, limit: int = 100) -> list[str]:
         """Ids of customers whose ``email_address`` or ``mobile_number`` equals ``value``
         after normalization (blind-index lookup; the store never sees the value)."""

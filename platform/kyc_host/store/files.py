@@ -93,6 +93,11 @@ class FileRepository:
                                       limit=1000)
         return [_info(d) for d in docs]
 
+    async def count_owned(self, owner_ixs: Sequence[str]) -> int:
+        """How many stored files were uploaded by the identity with these blind indexes
+        (attached or not; the ``limits.max_files_per_identity`` quota)."""
+        return await self._files.count({"owner": in_(owner_ixs)})
+
     async def attach(self, file_id: str, customer_id: str) -> None:
         """Attach a file to a customer; it no longer expires."""
         await self._files.update_one({"_id": file_id},

@@ -59,6 +59,9 @@ _SPECS = (
                    (Index(("seq",), unique=True), Index(("customer_id", "seq")))),
     CollectionSpec("admin_tokens", "tenant", (Index(("prefix",), unique=True),)),
     CollectionSpec("counters", "tenant", (Index(("expires_at",)),)),
+    # Rate-limit events (ratelimit/limiter.py): one per admitted request or failed login,
+    # key = HMAC of limit + client IP or account; counted over a sliding window.
+    CollectionSpec("rate_events", "tenant", (Index(("key", "at")), Index(("expires_at",)))),
     # Erased customers (crypto/erasure.py): _id = customer id. "held" while a retention
     # period or legal hold keeps the (still encrypted) record, then a tombstone that proves
     # the shredding and lets the purge job catch a record resurrected by a racing write.

@@ -14,7 +14,7 @@ from typing import Any
 
 from tornado.web import HTTPError, RequestHandler
 
-from kyc_host.errors import ApiError, NotFound, ServiceUnavailable
+from kyc_host.errors import ApiError, LimitExceeded, NotFound, ServiceUnavailable
 from kyc_host.services import Services
 from kyc_host.store.base import StoreUnavailable
 from kyc_host.tenancy.registry import Tenant
@@ -96,6 +96,8 @@ class BaseHandler(RequestHandler):
             tenant_id = self._tenant.id if self._tenant else ""
             self.services.metrics.store_errors.labels(tenant_id).inc()
             exc = ServiceUnavailable(log_detail=str(exc))
+        if isinstance(exc, LimitExceeded) and self._tenant is not None:
+            self.services.metrics.rate_limited.labels(self._tenant.id, exc.limit).inc()
         if isinstance(exc, ApiError):
             status_code, message = exc.status, exc.message
             for name, value in exc.headers.items():
