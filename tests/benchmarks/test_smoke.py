@@ -85,3 +85,21 @@ def test_smoke_run_reports_every_figure(tmp_path: Path) -> None:
         multipart = report["scenarios"]["put_multipart"]
         positive(multipart, "upload_mib_per_s", "workers_rss_peak_kb", "max_worker_hwm_kb")
         positive(tenants["10"]["customer"], *LATENCY)
+
+
+@pytest.mark.slow
+def test_noisy_neighbour_smoke_run_reports_both_p95s(tmp_path: Path) -> None:
+    """``noisy_neighbour.py --smoke``: B's quiet and noisy p95 and their ratio, A's floods."""
+    out = tmp_path / "noisy.json"
+    result = subprocess.run(
+        [sys.executable, str(HERE / "noisy_neighbour.py"), "--smoke", "--json", str(out)],
+        capture_output=True, text=True, timeout=110, check=False, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(out.read_text())
+    for phase in ("quiet", "noisy"):
+        positive(report[phase], "requests", "p50_ms", "p95_ms")
+        assert report[phase]["errors"] == 0
+    positive(report, "p95_ratio")
+    flood = report["noisy"]["rounds"][0]["get_flood"]
+    assert flood["requests"] == flood["non_2xx"]  # every A request failed in its hook
+    assert "ratio" in result.stdout

@@ -56,6 +56,16 @@ class HookRunner:
         method: Callable[..., Awaitable[Any]] = getattr(self.hooks, name)
         if not self.overrides(name):
             return await method(self.ctx, *args)  # the platform's own default: trusted
+        result = await self._invoke(name, *args)
+        if not check(result):
+            raise self._failed(name, f"returned an invalid {type(result).__name__}")
+        return result
+
+    async def _invoke(self, name: str, *args: Any) -> Any:
+        """Run the plugin's hook ``name`` here, under the timeout; raises BadRequest for
+        HookRejected and HookFailed for anything else (hooks/isolation.py runs it in a
+        worker process instead)."""
+        method: Callable[..., Awaitable[Any]] = getattr(self.hooks, name)
         task = asyncio.ensure_future(method(self.ctx, *args))
         done, _ = await asyncio.wait({task}, timeout=self.timeout)
         if not done:
@@ -70,8 +80,6 @@ class HookRunner:
             raise self._failed(name, "was cancelled") from None
         except Exception as exc:
             raise self._failed(name, f"raised {type(exc).__name__}", exc) from None
-        if not check(result):
-            raise self._failed(name, f"returned an invalid {type(result).__name__}")
         return result
 
     def _failed(self, name: str, what: str, exc: BaseException | None = None) -> HookFailed:

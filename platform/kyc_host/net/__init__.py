@@ -6,18 +6,42 @@
   Horizon of a tenant.
 """
 
-from kyc_host.net.horizon import AccountSigners, HorizonBadAnswer, HorizonClient, HorizonUnavailable
-from kyc_host.net.safe_http import (
-    BlockedDestination,
-    FetchError,
-    FetchFailed,
-    FetchTimeout,
-    RedirectRefused,
-    ResponseTooLarge,
-    SafeHttpClient,
-    SafeResponse,
-    UnsafeUrl,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kyc_host.net.horizon import (
+        AccountSigners,
+        HorizonBadAnswer,
+        HorizonClient,
+        HorizonUnavailable,
+    )
+    from kyc_host.net.safe_http import (
+        BlockedDestination,
+        FetchError,
+        FetchFailed,
+        FetchTimeout,
+        RedirectRefused,
+        ResponseTooLarge,
+        SafeHttpClient,
+        SafeResponse,
+        UnsafeUrl,
+    )
+
+#: Loaded on first use (PEP 562): importing ``kyc_host.net.safe_http`` alone, as a plugin
+#: worker process does (hooks/worker.py), must not pay for stellar-sdk, which horizon needs.
+_HORIZON = frozenset({"AccountSigners", "HorizonBadAnswer", "HorizonClient",
+                      "HorizonUnavailable"})
+
+
+def __getattr__(name: str) -> Any:
+    if name not in __all__:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = "horizon" if name in _HORIZON else "safe_http"
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
 
 __all__ = [
     "AccountSigners",

@@ -15,6 +15,7 @@ from kyc_host.crypto.records import TenantCipher
 from kyc_host.errors import ServiceUnavailable
 from kyc_host.hooks.context import CustomersView, TenantContext, TenantHttp, tenant_log
 from kyc_host.hooks.contract import CustomerHooks
+from kyc_host.hooks.isolation import IsolatedRunner, WorkerPool, WorkerSpec, pool_for
 from kyc_host.hooks.loader import PluginError, load_plugin_class
 from kyc_host.hooks.runner import HookRunner
 from kyc_host.net.safe_http import SafeHttpClient
@@ -40,18 +41,33 @@ def build_service(tenant: Tenant, store: Store, settings: PlatformSettings,
     cipher = TenantCipher.from_secrets(tenant.id, tenant.secrets)
     customers = CustomerRepository(store, tenant.id, cipher)
     files = FileRepository(store, tenant.id, cipher)
-    if hooks is None:
-        hooks = _plugin_instance(config.plugin, settings)
     ctx = TenantContext(tenant.id, config, CustomersView(customers, files),
                         tenant_log(tenant.id, config.plugin),
                         None if http is None else TenantHttp(http, tenant.id))
-    runner = HookRunner(hooks, ctx, config.limits.hook_timeout_seconds)
+    runner: HookRunner
+    if hooks is None and config.plugin is not None and config.plugin_isolation.untrusted:
+        # Untrusted: the plugin is never imported here; its hooks run in worker processes.
+        runner = IsolatedRunner(ctx, config.limits.hook_timeout_seconds,
+                                _worker_pool(tenant, store, settings, http is not None))
+    else:
+        if hooks is None:
+            hooks = _plugin_instance(config.plugin, settings)
+        runner = HookRunner(hooks, ctx, config.limits.hook_timeout_seconds)
     service = Sep12Service(config, customers, files, runner, dev_mode=settings.dev_mode,
                            erasures=Erasures(store, tenant.id, cipher, config.retention))
     # Every save of a customer writes the events of its status change (callbacks/outbox.py).
     customers.observer = OutboxObserver(tenant.id, config, Outbox(store, tenant.id),
                                         service.callback_body, cipher.digest)
     return service
+
+
+def _worker_pool(tenant: Tenant, store: Store, settings: PlatformSettings,
+                 http: bool) -> WorkerPool:
+    """The tenant version's worker pool, owned by this server's store (closed on stop)."""
+    isolation = tenant.config.plugin_isolation
+    spec = WorkerSpec(tenant.id, str(tenant.config.plugin), settings.plugins_dir,
+                      tenant.document, isolation.memory_mib * 1024 * 1024, http)
+    return pool_for(store, spec, isolation.workers)
 
 
 def _plugin_instance(name: str | None, settings: PlatformSettings) -> CustomerHooks:
