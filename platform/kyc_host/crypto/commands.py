@@ -14,6 +14,7 @@ import json
 import sys
 
 from kyc_host import audit
+from kyc_host.crypto import operations
 from kyc_host.crypto.jobs import JobBusy
 from kyc_host.crypto.master import add_key_version, remove_key_version
 from kyc_host.crypto.rotation import (
@@ -23,13 +24,7 @@ from kyc_host.crypto.rotation import (
     rotate_kek,
     rotate_master,
 )
-from kyc_host.crypto.tenant_keys import (
-    KeyOperationError,
-    read_secrets,
-    rotated_jwt,
-    rotated_signing,
-    update_secrets,
-)
+from kyc_host.crypto.tenant_keys import KeyOperationError
 from kyc_host.errors import ConfigError
 from kyc_host.services import Services
 
@@ -46,9 +41,7 @@ def _err(line: str) -> None:
 
 
 def job_context(services: Services, progress: bool = True) -> JobContext:
-    return JobContext(services.store, services.keys,
-                      services.settings.tenant_refresh_seconds, actor=CLI_ACTOR,
-                      progress=progress)
+    return operations.job_context(services, actor=CLI_ACTOR, progress=progress)
 
 
 async def _tenant_known(services: Services, tenant_id: str) -> bool:
@@ -133,40 +126,24 @@ def _from_env(services: Services) -> bool:
 async def keys_rotate_jwt(services: Services, args: argparse.Namespace) -> int:
     if not await _tenant_known(services, args.tenant):
         return USAGE
-    tenant = services.registry.get(args.tenant)
-    lifetime = 86400 if tenant is None else tenant.config.sep10.jwt_lifetime_seconds
-    secrets = await update_secrets(services.store, services.keys, args.tenant,
-                                   lambda s: rotated_jwt(s, lifetime))
-    retiring = secrets.jwt_previous[-1]
-    await audit.record(services.store, args.tenant, actor=CLI_ACTOR, action="key.rotate_jwt",
-                       details={"generation": secrets.jwt_generation,
-                                "previous_valid_until": audit.iso(retiring.until)})
-    _out(f"tenant {args.tenant}: new JWT key generation {secrets.jwt_generation}; the previous "
-         f"key verifies (and stays in jwks.json) until {audit.iso(retiring.until)}")
+    result = await operations.rotate_jwt(services, args.tenant, actor=CLI_ACTOR)
+    _out(f"tenant {args.tenant}: new JWT key generation {result['jwt_generation']} (kid "
+         f"{result['kid']}); the previous key verifies (and stays in jwks.json) until "
+         f"{result['previous_valid_until']}")
     return OK
 
 
 async def keys_rotate_signing(services: Services, args: argparse.Namespace) -> int:
     if not await _tenant_known(services, args.tenant):
         return USAGE
-    tenant = services.registry.get(args.tenant)
-    if tenant is not None and tenant.config.signing_key_env:
-        _err(f"tenant {args.tenant!r} takes its signing key from ${tenant.config.signing_key_env}"
-             "; rotate it there and re-apply the tenant")
+    try:
+        result = await operations.rotate_signing(services, args.tenant, actor=CLI_ACTOR)
+    except operations.SigningKeyManaged as exc:
+        _err(str(exc))
         return USAGE
-    timeout = 900 if tenant is None else tenant.config.sep10.challenge_timeout_seconds
-    before = (await read_secrets(services.store, services.keys, args.tenant)).signing_keypair
-    secrets = await update_secrets(services.store, services.keys, args.tenant,
-                                   lambda s: rotated_signing(s, timeout))
-    retiring = secrets.signing_previous[-1]
-    await audit.record(services.store, args.tenant, actor=CLI_ACTOR,
-                       action="key.rotate_signing",
-                       details={"signing_key": secrets.signing_keypair.public_key,
-                                "previous": before.public_key,
-                                "previous_valid_until": audit.iso(retiring.until)})
-    _out(f"tenant {args.tenant}: SIGNING_KEY is now {secrets.signing_keypair.public_key} "
+    _out(f"tenant {args.tenant}: SIGNING_KEY is now {result['signing_key']} "
          "(published in stellar.toml within seconds); challenges signed by "
-         f"{before.public_key} verify until {audit.iso(retiring.until)}")
+         f"{result['previous_signing_key']} verify until {result['previous_valid_until']}")
     return OK
 
 
@@ -180,13 +157,6 @@ async def keys_status(services: Services, args: argparse.Namespace) -> int:
     else:
         if not await _tenant_known(services, args.tenant):
             return USAGE
-        secrets = await read_secrets(services.store, services.keys, args.tenant)
-        doc = {"tenant": args.tenant, "kek_version": secrets.kek_version,
-               "kek_versions": sorted(secrets.data_keks),
-               "index_version": secrets.index_version, "index_next": secrets.index_next,
-               "index_stage": secrets.index_stage, "jwt_generation": secrets.jwt_generation,
-               "jwt_previous": len(secrets.jwt_previous),
-               "signing_key": secrets.signing_keypair.public_key,
-               "signing_previous": len(secrets.signing_previous)}
+        doc = await operations.key_status(services, args.tenant)
     _out(json.dumps(doc, indent=2))
     return OK

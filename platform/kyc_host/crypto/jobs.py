@@ -67,6 +67,12 @@ class Lease:
         await self._jobs.delete_one({"_id": self._id, "owner": self.owner})
 
 
+async def live_lease(jobs: Collection, job_id: str) -> Doc | None:
+    """The lease of ``job_id`` if a live run holds it (None: no run is working on it)."""
+    held = await jobs.find_one({"_id": f"{job_id}:lease"})
+    return None if held is None or _stale(held) else held
+
+
 def _stale(lease: Doc) -> bool:
     if float(lease.get("until", 0)) < time.time():
         return True

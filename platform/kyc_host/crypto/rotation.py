@@ -21,6 +21,7 @@ the newest master key version; afterwards the old version can leave the key file
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import inspect
@@ -64,6 +65,9 @@ class JobContext:
     stream: TextIO | None = None
     on_batch: BatchHook | None = None
     counters: dict[str, int] = field(default_factory=dict)
+    #: Set once the run holds the job's lease (a background starter waits for it, so it can
+    #: tell "started" from "another run is busy" before answering).
+    started: asyncio.Event = field(default_factory=asyncio.Event)
 
     def say(self, message: str) -> None:
         note(message, self.stream, self.progress)
@@ -78,11 +82,22 @@ class JobContext:
                 await result
 
 
+def rotate_job_id(tenant_id: str) -> str:
+    """The ``key_jobs`` id of a tenant's KEK rotation (checkpoint; lease is ``<id>:lease``)."""
+    return f"rotate:{tenant_id}"
+
+
+def reindex_job_id(tenant_id: str) -> str:
+    """The ``key_jobs`` id of a tenant's reindex."""
+    return f"reindex:{tenant_id}"
+
+
 async def _run(ctx: JobContext, job_id: str, stages: dict[str, Any], first: Any) -> Doc:
     """Take the lease, start or resume the job, and run its stages until "done"."""
     job = Checkpoint(ctx.store, job_id)
     lease = Lease(job.jobs, job_id)
     await lease.acquire()
+    ctx.started.set()
     try:
         state = await job.load()
         if not state or state.get("stage") == "done":
@@ -219,7 +234,7 @@ async def rotate_kek(ctx: JobContext, tenant_id: str) -> Doc:
 
     stages = {"add": add, "activate": activate, "rewrap": rewrap, "verify": verify,
               "retire": retire}
-    return await _run(ctx, f"rotate:{tenant_id}", stages, first)
+    return await _run(ctx, rotate_job_id(tenant_id), stages, first)
 
 
 async def _rewrap_doc(cipher: TenantCipher, coll: Collection, doc: Doc, path: str,
@@ -324,7 +339,7 @@ async def reindex(ctx: JobContext, tenant_id: str) -> Doc:
 
     stages = {"read": stage_read, "write": stage_write, "customers": backfill_customers,
               "files": backfill_files, "settle": stage_settle, "cleanup": cleanup}
-    return await _run(ctx, f"reindex:{tenant_id}", stages, first)
+    return await _run(ctx, reindex_job_id(tenant_id), stages, first)
 
 
 @dataclass

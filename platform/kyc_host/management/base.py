@@ -54,6 +54,15 @@ class ManagementHandler(AdminHandler):
         self._principal = await authenticate(self.services.store, token.strip(),
                                              self.services.token_cache)
 
+    def decode_argument(self, value: bytes, name: str | None = None) -> str:
+        """Path and query arguments must be UTF-8: 400 naming the argument otherwise (Tornado's
+        own 400 would not name it). Runs before authentication: it is about the request's
+        form, and says nothing about any tenant."""
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest(f"{name or 'a path segment'} is not valid UTF-8") from None
+
     @property
     def principal(self) -> Principal:
         if self._principal is None:  # pragma: no cover - prepare always sets it or raises

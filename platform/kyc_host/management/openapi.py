@@ -15,6 +15,7 @@ from collections.abc import Callable
 from functools import cache
 from typing import Any
 
+from kyc_host.crypto.operations import JOB_OPERATIONS, OPERATIONS
 from kyc_host.errors import NotFound
 from kyc_host.management.auth import ALL_SCOPES, TENANT_SCOPES
 from kyc_host.management.openapi_public import wallet_document
@@ -53,8 +54,10 @@ def _param(name: str) -> dict[str, str]:
 def _op(op_id: str, summary: str, scope: str | None, responses: dict[str, Any], *,
         tenant: bool = False, params: tuple[str, ...] = (), body: str | None = None,
         errors: tuple[int, ...] = ()) -> dict[str, Any]:
-    """One authenticated operation: 401 and 503 always; 403 with a scope; 404 on a tenant."""
-    codes = sorted({401, 503, *errors, *((403,) if scope else ()), *((404,) if tenant else ())})
+    """One authenticated operation: 401 and 503 always; 403 with a scope; 404 on a tenant,
+    and 400 there too (a path parameter that is not UTF-8, management/base.py)."""
+    codes = sorted({401, 503, *errors, *((403,) if scope else ()),
+                    *((400, 404) if tenant else ())})
     op: dict[str, Any] = {
         "operationId": op_id,
         "summary": summary,
@@ -231,6 +234,7 @@ def _schemas() -> dict[str, Any]:
                    "properties": {"status": {"type": "string"}}},
         **_customer_schemas(),
         **_callback_schemas(),
+        **_key_schemas(),
     }
 
 
@@ -346,6 +350,10 @@ def _components() -> dict[str, Any]:
             **_customer_parameters(),
             "EventIdPath": {"name": "event_id", "in": "path", "required": True,
                             "schema": {"type": "string"}},
+            "KeyOperation": {"name": "operation", "in": "path", "required": True,
+                             "description": "rotate-kek and reindex run in the background "
+                                            "(202); rotate-jwt and rotate-signing inline (200)",
+                             "schema": {"enum": list(OPERATIONS)}},
             "EventState": {"name": "state", "in": "query", "required": False,
                            "description": "only events in this delivery state",
                            "schema": {"enum": ["pending", "delivered", "dead", "disabled"]}},
@@ -357,7 +365,8 @@ def _components() -> dict[str, Any]:
             "NotFound": error("No such resource, or one of a tenant this token cannot reach."),
             "Conflict": error("The request conflicts with the current state (a file-managed "
                               "or existing tenant, a taken host, a customer whose data does "
-                              "not allow the decision, an identity of another customer)."),
+                              "not allow the decision, an identity of another customer, "
+                              "a key job already running, a signing key managed elsewhere)."),
             "PayloadTooLarge": error("Request body over 1 MiB."),
             "Unavailable": error("The store is unreachable; retry later."),
         },
@@ -540,6 +549,85 @@ def _public_paths() -> dict[str, Any]:
     }
 
 
+def _key_schemas() -> dict[str, Any]:
+    """Key status and rotation answers (management/keys_api.py): public halves only."""
+    account = {"type": "string", "pattern": "^G[A-Z2-7]{55}$"}
+    count = {"type": "integer", "minimum": 0}
+    version = {"type": "integer", "minimum": 1}
+    job = _object(
+        ("id", "stage", "part", "target_version", "passes", "counters", "running", "done",
+         "started_at", "updated_at", "finished_at", "last_error"),
+        id={"type": "string", "description": "rotate:<tenant> or reindex:<tenant>"},
+        stage={"type": "string", "description": "rotate-kek: add, activate, rewrap, verify, "
+               "retire, done; reindex: read, write, customers, files, settle, cleanup, done"},
+        part=_NULLABLE_STRING, target_version={"type": ["integer", "null"]}, passes=count,
+        counters={"type": "object", "additionalProperties": count,
+                  "description": "records handled per pass"},
+        running={"type": "boolean", "description": "a live run holds the job's lease"},
+        done={"type": "boolean"}, started_at=_NULLABLE_TIME, updated_at=_NULLABLE_TIME,
+        finished_at=_NULLABLE_TIME,
+        last_error={**_NULLABLE_STRING,
+                    "description": "why the last run stopped, until the job moves again"})
+    nullable_job = {"oneOf": [{"type": "null"}, _ref("KeyJob")]}
+    return {
+        "KeyJob": job,
+        "KeyStatus": _object(
+            ("tenant", "kek_version", "kek_versions", "index_version", "index_next",
+             "index_stage", "jwt_algorithm", "jwt_generation", "jwt_previous", "jwt_keys",
+             "signing_key", "signing_key_env", "signing_previous", "signing_keys", "jobs"),
+            tenant={"type": "string"}, kek_version=version,
+            kek_versions={"type": "array", "items": version}, index_version=version,
+            index_next={"type": ["integer", "null"]},
+            index_stage={"enum": ["read", "write", None]},
+            jwt_algorithm={"enum": ["EdDSA", "HS256"]}, jwt_generation=version,
+            jwt_previous=count,
+            jwt_keys={"type": "array", "items": _object(
+                ("kid", "generation", "current", "valid_until"), kid={"type": "string"},
+                generation=version, current={"type": "boolean"},
+                valid_until=_NULLABLE_TIME)},
+            signing_key=account, signing_key_env=_NULLABLE_STRING, signing_previous=count,
+            signing_keys={"type": "array", "items": _object(
+                ("public_key", "current", "valid_until"), public_key=account,
+                current={"type": "boolean"}, valid_until=_NULLABLE_TIME)},
+            jobs=_object(JOB_OPERATIONS, **{op: nullable_job for op in JOB_OPERATIONS})),
+        "KeyJobStarted": _object(
+            ("operation", "tenant", "job", "status_url"),
+            operation={"enum": list(JOB_OPERATIONS)}, tenant={"type": "string"},
+            job={"type": "string"}, status_url={"type": "string"}),
+        "KeyRotated": {"oneOf": [
+            _object(("operation", "tenant", "jwt_generation", "kid", "previous_kid",
+                     "previous_valid_until"),
+                    operation={"const": "rotate-jwt"}, tenant={"type": "string"},
+                    jwt_generation=version, kid={"type": "string"},
+                    previous_kid={"type": "string"}, previous_valid_until=_TIME),
+            _object(("operation", "tenant", "signing_key", "previous_signing_key",
+                     "previous_valid_until"),
+                    operation={"const": "rotate-signing"}, tenant={"type": "string"},
+                    signing_key=account, previous_signing_key=account,
+                    previous_valid_until=_TIME)]},
+    }
+
+
+def _key_paths() -> dict[str, Any]:
+    started = {"description": "Started in the background; poll the status route.",
+               "headers": {"Location": {"description": "the status route",
+                                        "schema": {"type": "string"}}},
+               "content": _content(_ref("KeyJobStarted"))}
+    base = "/api/v1/tenants/{tenant_id}/keys"
+    return {
+        base: {"get": _op(
+            "getKeyStatus", "Key versions, public keys and key jobs (never key material)",
+            "tenants:read", {"200": _ok("The tenant's key status.", "KeyStatus")},
+            tenant=True)},
+        base + "/{operation}": {"post": _op(
+            "triggerKeyOperation", "Rotate a key (audited); an unknown operation is a 404",
+            "keys:write",
+            {"200": _ok("Rotated (rotate-jwt, rotate-signing).", "KeyRotated"),
+             "202": started},
+            tenant=True, params=("KeyOperation",), errors=(409,))},
+    }
+
+
 def _callback_schemas() -> dict[str, Any]:
     event = _object(
         ("id", "kind", "type", "customer_id", "customer_type", "status", "state", "attempts",
@@ -594,7 +682,7 @@ def management_document() -> dict[str, Any]:
                            "tenant gets 404, a missing scope 403, a bad token 401.",
         },
         "paths": {**_tenant_paths(), **_token_and_audit_paths(), **_customer_paths(),
-                  **_callback_paths(), **_public_paths()},
+                  **_callback_paths(), **_key_paths(), **_public_paths()},
         "components": _components(),
     }
 

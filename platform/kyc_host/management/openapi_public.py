@@ -27,6 +27,8 @@ _ERRORS = {
                       "(identical answers on purpose)."),
     413: ("PayloadTooLarge", "Body or file over the anchor's limit."),
     415: ("UnsupportedMediaType", "Content-Type not accepted here."),
+    429: ("TooManyRequests", "A tenant limit (named in the message) is used up; rates send "
+                             "Retry-After."),
     500: ("InternalError", "The anchor's plugin failed; nothing was stored."),
     502: ("BadGateway", "An upstream (Horizon) answered wrongly."),
     503: ("Unavailable", "The anchor is suspended or the platform is briefly unavailable; "
@@ -199,11 +201,11 @@ def _sep1_and_10_paths() -> dict[str, Any]:
             {"200": _ok("JWK set", _ref("Jwks"))}, (), auth=False)},
         "/auth": {
             "get": _op("challenge", "SEP-10 challenge transaction",
-                       {"200": _ok("Challenge", _ref("Challenge"))}, (400, 403),
+                       {"200": _ok("Challenge", _ref("Challenge"))}, (400, 403, 429),
                        auth=False, params=("Account", "AuthMemo", "HomeDomain",
                                            "ClientDomain")),
             "post": _op("token", "Exchange a signed challenge for a SEP-10 JWT",
-                        {"200": _ok("Token", _ref("Token"))}, (400, 413, 415, 502),
+                        {"200": _ok("Token", _ref("Token"))}, (400, 413, 415, 429, 502),
                         auth=False, body=signed),
         },
     }
@@ -221,7 +223,7 @@ def _sep12_paths() -> dict[str, Any]:
                        params=("CustomerId", *who, "Type", "TransactionId", "Lang")),
             "put": _op("putCustomer", "SEP-12 PUT /customer (creates or updates)",
                        {"202": _ok("Accepted", _ref("CustomerId"))},
-                       (400, 403, 413, 415, 500), body=put_body),
+                       (400, 403, 413, 415, 429, 500), body=put_body),
         },
         "/kyc/customer/verification": {"put": _op(
             "putVerification", "SEP-12 PUT /customer/verification (deprecated)",
@@ -235,7 +237,8 @@ def _sep12_paths() -> dict[str, Any]:
                        {"200": _ok("Files (empty when none is visible)", _ref("FileList"))},
                        (400, 413), params=("FileId", "FilesCustomerId")),
             "post": _op("uploadFile", "SEP-12 POST /customer/files",
-                        {"200": _ok("The stored file", _ref("File"))}, (400, 413, 415),
+                        {"200": _ok("The stored file", _ref("File"))},
+                        (400, 413, 415, 429),
                         body=_body(_ref("FileUpload"), _MULTIPART)),
         },
         "/kyc/customer/{account}": {"delete": _op(
