@@ -24,6 +24,7 @@ from tornado.web import Application
 
 from kyc_host.callbacks.worker import CallbackWorker
 from kyc_host.crypto.master import KeyProvider, load_key_provider
+from kyc_host.hooks.isolation import close_pools
 from kyc_host.net import SafeHttpClient
 from kyc_host.retention.purge import PurgeLoop
 from kyc_host.services import Services
@@ -167,7 +168,11 @@ class Server:
             await self.callbacks.stop(min(grace_seconds, 5.0))
         if self.purge is not None:
             await self.purge.stop()
+        # Running key jobs release their leases; their checkpoints let the next run resume.
+        await self.services.key_jobs.stop()
         await self.services.registry.stop()
+        # Untrusted plugins' worker processes end with the server (hooks/isolation.py).
+        await close_pools(self.services.store)
         await self.services.store.close()
         self.services.http.close()
         self.services.horizon.close()

@@ -10,10 +10,12 @@ import asyncio
 from dataclasses import dataclass, field
 
 from kyc_host.callbacks.metrics import CallbackMetrics
+from kyc_host.crypto.background import KeyJobs
 from kyc_host.crypto.master import KeyProvider
 from kyc_host.management.auth import TokenCache
 from kyc_host.metrics import Metrics
 from kyc_host.net import HorizonClient, SafeHttpClient
+from kyc_host.ratelimit.limiter import RateLimiter
 from kyc_host.settings import PlatformSettings
 from kyc_host.store.base import Store
 from kyc_host.tenancy.registry import TenantRegistry
@@ -64,4 +66,11 @@ class Services:
     metrics: Metrics = field(default_factory=Metrics)
     #: Callback/webhook delivery counters of this process (callbacks/metrics.py).
     callback_metrics: CallbackMetrics = field(default_factory=CallbackMetrics)
+    #: Per-tenant request rate limits: local buckets + store windows (ratelimit/limiter.py).
+    limiter: RateLimiter = field(default_factory=RateLimiter)
+    #: Key jobs (rotate-kek, reindex) started through the management API in this process.
+    key_jobs: KeyJobs = field(default_factory=KeyJobs)
     draining: bool = False
+
+    def __post_init__(self) -> None:
+        self.callback_metrics.bind(self.metrics)

@@ -9,11 +9,13 @@ Relative paths are resolved against the working directory the server is started 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -57,6 +59,10 @@ class PlatformSettings:
     callbacks_retry_max_seconds: float = 0.0
     # Retention purge job (kyc_host/retention/purge.py).
     purge_interval_seconds: float = 3600.0
+    # Rate limits (kyc_host/ratelimit/): on/off, and the proxies whose client-address
+    # headers (X-Forwarded-For, Forwarded) are believed.
+    rate_limits: bool = True
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
 
     @property
     def public_port(self) -> int:
@@ -135,6 +141,22 @@ def _parse_env_name(raw: object) -> str:
     return raw
 
 
+def _parse_networks(raw: object) -> tuple[IPv4Network | IPv6Network, ...]:
+    items = raw.split(",") if isinstance(raw, str) else raw
+    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+        raise ValueError("expected a list of CIDRs such as [\"10.0.0.0/8\", \"::1/128\"]")
+    networks: list[IPv4Network | IPv6Network] = []
+    for item in (i.strip() for i in items):
+        if not item:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or CIDR with its host bits "
+                             "zero (e.g. 10.0.0.0/8)") from None
+    return tuple(networks)
+
+
 def _parse_log_level(raw: object) -> str:
     if not isinstance(raw, str) or raw.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ValueError("expected one of debug, info, warning, error")
@@ -185,6 +207,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Longest wait between attempts; 0 derives it from each tenant's retry horizon."),
     Setting("purge_interval_seconds", _seconds(0.05, 86400), 3600.0,
             "How often each process shreds erased customers whose retention period is over."),
+    Setting("rate_limits", _parse_bool, True,
+            "Enforce each tenant's [limits] request rates (429 with Retry-After)."),
+    Setting("trusted_proxies", _parse_networks, [],
+            "CIDRs of your load balancers: only from these peers is X-Forwarded-For read."),
 )
 _BY_KEY = {s.key: s for s in SETTINGS}
 

@@ -280,6 +280,9 @@ class Deployment:
             f'tenants_dir = "{tenants_dir or self.tenants_dir}"\n'
             f'plugins_dir = "{self.workdir / "plugins"}"\n'
             f"dev_mode = true\n"
+            # Every simulated wallet comes from 127.0.0.1: per-IP rate limits would refuse
+            # most of the load (tests/limits covers the limits themselves).
+            f"rate_limits = false\n"
             f'log_level = "{self.log_level}"\n')
         return config
 

@@ -88,6 +88,7 @@ class Bench:
         self.config.write_text(tomli_w.dumps({
             "storage_url": storage_url, "master_key_file": str(root / "master.key"),
             "tenants_dir": str(root / "tenants"), "dev_mode": True, "log_level": "warning",
+            "rate_limits": False,  # all wallets share 127.0.0.1
             "public_listen": f"127.0.0.1:{free_port()}",
             "admin_listen": f"127.0.0.1:{self.admin_port}", **settings}))
         (root / "tenants").mkdir()

@@ -125,6 +125,7 @@ def server(workdir: Path, storage_url: str, workers: int) -> Iterator[tuple[int,
            "KYC_HOST_TENANTS_DIR": str(workdir / "tenants"),
            "KYC_HOST_PLUGINS_DIR": str(ROOT / "plugins"),
            "KYC_HOST_DEV_MODE": "true",
+           "KYC_HOST_RATE_LIMITS": "false",  # all wallets share 127.0.0.1
            "KYC_HOST_LOG_LEVEL": "warning"}
     with (workdir / "server.log").open("wb") as log:
         process = subprocess.Popen(

@@ -46,7 +46,7 @@ class Table:
     def string(self, name: str, default: Any = _MISSING, *, pattern: str | None = None,
             max_len: int = 1000, what: str = "") -> Any:
         value = self.raw(name, default)
-        if value is default and default is not _MISSING:
+        if not self.has(name):  # absent: the default (an explicit null is not "absent")
             return value
         if not isinstance(value, str) or not value or len(value) > max_len:
             raise self.error(name, f"expected a non-empty string of at most {max_len} chars",
@@ -57,7 +57,7 @@ class Table:
 
     def choice(self, name: str, choices: tuple[str, ...], default: Any = _MISSING) -> Any:
         value = self.raw(name, default)
-        if value is default and default is not _MISSING:
+        if not self.has(name):
             return value
         if value not in choices:
             raise self.error(name, f"expected one of {', '.join(choices)}", value)
@@ -66,7 +66,7 @@ class Table:
     def integer(self, name: str, default: Any = _MISSING, *, min: int = 0,
             max: int = 2**62) -> Any:
         value = self.raw(name, default)
-        if value is default and default is not _MISSING:
+        if not self.has(name):
             return value
         if isinstance(value, bool) or not isinstance(value, int) or not min <= value <= max:
             raise self.error(name, f"expected a whole number from {min} to {max}", value)
@@ -75,7 +75,7 @@ class Table:
     def number(self, name: str, default: Any = _MISSING, *, min: float = 0.0,
                max: float = 1e9) -> Any:
         value = self.raw(name, default)
-        if value is default and default is not _MISSING:
+        if not self.has(name):
             return value
         if isinstance(value, bool) or not isinstance(value, int | float) or not min <= value <= max:
             raise self.error(name, f"expected a number from {min:g} to {max:g}", value)
@@ -89,7 +89,7 @@ class Table:
 
     def strings(self, name: str, default: Any = _MISSING, *, max_items: int = 1000) -> Any:
         value = self.raw(name, default)
-        if value is default and default is not _MISSING:
+        if not self.has(name):
             return value
         if (not isinstance(value, list) or len(value) > max_items
                 or not all(isinstance(v, str) and v for v in value)):

@@ -19,6 +19,7 @@ from kyc_host.callbacks.config import (
     parse_callbacks,
     parse_webhooks,
 )
+from kyc_host.ratelimit.config import RateLimits, parse_rates
 from kyc_host.retention.config import Retention, parse_retention
 from kyc_host.sep import sep9
 from kyc_host.tenancy.reader import Table, plain_json
@@ -79,6 +80,13 @@ class CustomerType:
 DEFAULT_MAX_FILE_BYTES = 10 * MIB  # SEP-12's suggested per-file limit
 DEFAULT_MAX_REQUEST_BYTES = 25 * MIB
 DEFAULT_HOOK_TIMEOUT = 2.0
+DEFAULT_PLUGIN_MEMORY_MIB = 256
+DEFAULT_PLUGIN_WORKERS = 2
+#: Customers one Stellar account may hold through memos (a custodial wallet's omnibus account
+#: needs many; an attacker rotating memos must not create customers without bound).
+DEFAULT_MAX_CUSTOMERS_PER_ACCOUNT = 10_000
+#: Files one identity (account + memo) may have stored, attached or awaiting attachment.
+DEFAULT_MAX_FILES_PER_IDENTITY = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +95,28 @@ class Limits:
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     allowed_file_types: tuple[str, ...] = DEFAULT_FILE_TYPES
     hook_timeout_seconds: float = DEFAULT_HOOK_TIMEOUT
+    #: Request rates (ratelimit/config.py documents the keys and defaults).
+    rates: RateLimits = field(default_factory=RateLimits)
+    max_customers_per_account: int = DEFAULT_MAX_CUSTOMERS_PER_ACCOUNT
+    max_files_per_identity: int = DEFAULT_MAX_FILES_PER_IDENTITY
+
+
+@dataclass(frozen=True, slots=True)
+class PluginIsolation:
+    """``[plugin_isolation]``: how far the platform trusts the tenant's plugin.
+
+    ``mode = "process"`` marks the plugin untrusted: its hooks run in ``workers`` separate
+    processes capped at ``memory_mib`` of address space each (hooks/isolation.py), so a
+    plugin that blocks, hangs or hogs memory cannot slow other tenants (reliability-plan F8).
+    """
+
+    mode: str = "in_process"  # or "process"
+    memory_mib: int = DEFAULT_PLUGIN_MEMORY_MIB
+    workers: int = DEFAULT_PLUGIN_WORKERS
+
+    @property
+    def untrusted(self) -> bool:
+        return self.mode == "process"
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +154,7 @@ class TenantConfig:
     status: str = "active"
     plugin: str | None = None
     plugin_settings: Mapping[str, Any] = field(default_factory=dict)
+    plugin_isolation: PluginIsolation = field(default_factory=PluginIsolation)
     signing_key_env: str | None = None
     limits: Limits = field(default_factory=Limits)
     sep10: Sep10Settings = field(default_factory=Sep10Settings)
@@ -148,6 +179,9 @@ def parse_tenant(doc: Mapping[str, Any], source: str) -> TenantConfig:
     if horizon is None:
         raise top.error("horizon_url", "is required when network is a custom passphrase")
     types, default_type = _customer_types(top)
+    plugin_settings = plain_json(top.raw("plugin_settings", {}), source, "plugin_settings")
+    if not isinstance(plugin_settings, Mapping):  # checked before MappingProxyType sees it
+        raise top.error("plugin_settings", "expected a table", plugin_settings)
     config = TenantConfig(
         id=tenant_id,
         name=top.string("name", tenant_id, max_len=200),
@@ -160,8 +194,8 @@ def parse_tenant(doc: Mapping[str, Any], source: str) -> TenantConfig:
         status=top.choice("status", ("active", "suspended"), "active"),
         plugin=top.string("plugin", None, pattern=r"[A-Za-z_][A-Za-z0-9_]{0,63}",
                        what="a Python module name"),
-        plugin_settings=MappingProxyType(
-            plain_json(top.raw("plugin_settings", {}), source, "plugin_settings")),
+        plugin_settings=MappingProxyType(plugin_settings),
+        plugin_isolation=_plugin_isolation(top.table("plugin_isolation")),
         signing_key_env=top.string("signing_key_env", None, pattern=r"[A-Z_][A-Z0-9_]{0,127}",
                                 what="an environment variable name"),
         limits=_limits(top.table("limits")),
@@ -171,8 +205,6 @@ def parse_tenant(doc: Mapping[str, Any], source: str) -> TenantConfig:
         webhooks=parse_webhooks(top),
         retention=parse_retention(top.table("retention"), types),
     )
-    if not isinstance(config.plugin_settings, Mapping):
-        raise top.error("plugin_settings", "expected a table")
     top.finish()
     return config
 
@@ -309,8 +341,24 @@ def _limits(table: Table) -> Limits:
                               media_type)
     timeout = table.number("hook_timeout_seconds", DEFAULT_HOOK_TIMEOUT,
                            min=0.05, max=30.0)
+    rates = parse_rates(table)
+    max_customers = table.integer("max_customers_per_account", DEFAULT_MAX_CUSTOMERS_PER_ACCOUNT,
+                                  min=1, max=10_000_000)
+    max_files = table.integer("max_files_per_identity", DEFAULT_MAX_FILES_PER_IDENTITY,
+                              min=1, max=100_000)
     table.finish()
-    return Limits(max_file, max_request, types, timeout)
+    return Limits(max_file, max_request, types, timeout, rates, max_customers, max_files)
+
+
+def _plugin_isolation(table: Table) -> PluginIsolation:
+    isolation = PluginIsolation(
+        mode=table.choice("mode", ("in_process", "process"), "in_process"),
+        # Below ~64 MiB the worker's interpreter and platform modules alone do not fit.
+        memory_mib=table.integer("memory_mib", DEFAULT_PLUGIN_MEMORY_MIB, min=64, max=8192),
+        workers=table.integer("workers", DEFAULT_PLUGIN_WORKERS, min=1, max=8),
+    )
+    table.finish()
+    return isolation
 
 
 def _sep10(table: Table) -> Sep10Settings:
