@@ -58,12 +58,21 @@ def build_parser() -> argparse.ArgumentParser:
     _common(listing)
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(run=_tenant_list)
-    for action in ("suspend", "resume"):
-        sub = tenant.add_parser(action, help=f"{action} a tenant (503 on its hosts)")
+    for action, what in (("suspend", "suspend a tenant (503 on its hosts)"),
+                         ("resume", "resume a suspended tenant")):
+        sub = tenant.add_parser(action, help=what)
         _common(sub)
         sub.add_argument("tenant_id")
         sub.set_defaults(run=_tenant_status, status="suspended" if action == "suspend"
                          else "active")
+
+    delete = tenant.add_parser(
+        "delete", help="offboard a tenant: keys destroyed, data dropped, hosts freed")
+    _common(delete)
+    delete.add_argument("tenant_id")
+    delete.add_argument("--yes", action="store_true",
+                        help="required: the tenant's data cannot be recovered afterwards")
+    delete.set_defaults(run=_tenant_delete)
 
     keys = commands.add_parser("keys", help="platform keys").add_subparsers(
         dest="keys_command", required=True, metavar="ACTION")
@@ -370,6 +379,33 @@ def _tenant_status(args: argparse.Namespace) -> int:
             print(f"kyc-host: no tenant {args.tenant_id!r}", file=sys.stderr)
             return EXIT_FAILURE
         print(f"{args.tenant_id}: {args.status}")
+        return 0
+
+    return _run(go())
+
+
+def _tenant_delete(args: argparse.Namespace) -> int:
+    if not args.yes:
+        print(f"kyc-host: deleting tenant {args.tenant_id!r} destroys its keys and data for "
+              "good; add --yes to confirm", file=sys.stderr)
+        return EXIT_USAGE
+
+    async def go() -> int:
+        from kyc_host.management.tenants import offboard_tenant
+
+        services = await _with_services(args)
+        try:
+            record = await offboard_tenant(services, args.tenant_id, "cli")
+        finally:
+            await services.store.close()
+        if record is None:
+            print(f"kyc-host: no tenant {args.tenant_id!r}", file=sys.stderr)
+            return EXIT_FAILURE
+        print(f"{args.tenant_id}: deleted (keys destroyed, data dropped, hosts freed)")
+        manager = str(record.get("manager", ""))
+        if manager.startswith("file:"):
+            print(f"note: remove {manager.removeprefix('file:')} or the next `serve` / "
+                  "`tenant apply` creates the tenant again, with new keys", file=sys.stderr)
         return 0
 
     return _run(go())

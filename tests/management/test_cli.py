@@ -17,6 +17,7 @@ from mgmt_helpers import Api, OpenApiChecker, checker_fixture  # noqa: F401 - fi
 from conftest import MakeServer, make_tenant_doc
 from kyc_host import audit
 from kyc_host.settings import PlatformSettings
+from sep12.sep12_helpers import Wallet
 
 
 @dataclass
@@ -121,3 +122,32 @@ async def test_audit_verify_exit_codes(make_server: MakeServer, settings: Platfo
     assert "seq 3" in gone.stdout
     assert "missing" in gone.stdout
     assert json.loads(as_json.stdout)["first_bad_seq"] == 3
+
+
+async def test_tenant_delete_offboards_one_tenant(make_server: MakeServer,
+                                                 settings: PlatformSettings,
+                                                 tmp_path: Path) -> None:
+    srv = await make_server(make_tenant_doc("t1", ["a.test"]), make_tenant_doc("t2", ["b.test"]))
+    customer = await Wallet(srv, "a.test", "t1").create()
+    neighbour = Wallet(srv, "b.test", "t2")
+    await neighbour.create()
+
+    unconfirmed, unknown = await asyncio.gather(
+        cli(settings, tmp_path, "tenant", "delete", "t1"),
+        cli(settings, tmp_path, "tenant", "delete", "nope", "--yes"))
+    assert unconfirmed.returncode == 2
+    assert "--yes" in unconfirmed.stderr
+    assert unknown.returncode == 1
+    assert "no tenant 'nope'" in unknown.stderr
+    customers = srv.services.store.tenant("t1", "customers")
+    assert await customers.find_one({"_id": customer}) is not None  # nothing happened yet
+
+    done = await cli(settings, tmp_path, "tenant", "delete", "t1", "--yes")
+    assert done.returncode == 0, done.stderr
+    assert "t1: deleted" in done.stdout
+    assert await customers.find_one({"_id": customer}) is None
+    await srv.services.registry.refresh()
+    assert (await srv.fetch("a.test", "/.well-known/stellar.toml")).code == 404
+    assert (await neighbour.get()).status == 200  # the other tenant keeps its customer
+    entries, _ = await audit.entries(srv.services.store, None, action="tenant.delete")
+    assert [(e["actor"], e["details"]["tenant"]) for e in entries] == [("cli", "t1")]

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from kyc_host import audit
 from kyc_host.audit import iso
 from kyc_host.errors import ApiError, BadRequest, ConfigError, Conflict, NotFound
 from kyc_host.management.auth import forget_tenant
@@ -73,6 +74,25 @@ def tenant_view(services: Services, record: Mapping[str, Any]) -> dict[str, Any]
 def _file_managed(record: Mapping[str, Any]) -> str | None:
     manager = str(record["manager"])
     return manager.removeprefix("file:") if manager.startswith("file:") else None
+
+
+async def offboard_tenant(services: Services, tenant_id: str, actor: str,
+                          request_id: str | None = None) -> dict[str, Any] | None:
+    """Offboard (the API's DELETE and ``kyc-host tenant delete``): keys destroyed, data
+    dropped, hosts freed, tokens forgotten; the record as it was, None if there was none."""
+    record = await services.tenants.offboard(tenant_id)
+    if record is None:
+        return None
+    await forget_tenant(services.store, tenant_id)
+    services.token_cache.forget(tenant=tenant_id)
+    await services.registry.refresh()
+    # The tenant's own log went with its data; the proof of deletion is in the platform log.
+    await audit.record(services.store, None, actor=actor, action="tenant.delete",
+                       request_id=request_id, details={
+                           "tenant": tenant_id,
+                           "hosts": list(record.get("config", {}).get("hosts", [])),
+                           "secrets_destroyed": True, "data_dropped": True})
+    return record
 
 
 class _TenantBase(ManagementHandler):
@@ -153,15 +173,8 @@ class TenantHandler(_TenantBase):
     @require("tenants:write", operator_only=True)
     async def delete(self, tenant_id: str) -> None:
         """Offboard: the tenant stops being served, its keys are destroyed, its data dropped."""
-        record = await self._changeable(tenant_id)
-        await self.services.tenants.offboard(tenant_id)
-        await forget_tenant(self.services.store, tenant_id)
-        self.services.token_cache.forget(tenant=tenant_id)
-        await self.services.registry.refresh()
-        # The tenant's own log went with its data; the proof of deletion is in the platform log.
-        await self.audit(None, "tenant.delete", details={
-            "tenant": tenant_id, "hosts": list(record["config"].get("hosts", [])),
-            "secrets_destroyed": True, "data_dropped": True})
+        await self._changeable(tenant_id)
+        await offboard_tenant(self.services, tenant_id, self.principal.actor, self.request_id)
         self.set_status(204)
         self.finish()
 
