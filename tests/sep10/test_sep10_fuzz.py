@@ -2,7 +2,7 @@
 
 - GET: 2,000+ generated queries; every invalid one gets a JSON 400, every valid one a challenge
   for T1's own home domain and web_auth_domain, never a value taken from the request.
-- POST: 2,000+ mutated bodies (bit flips, truncation, non-base64, structural variants signed
+- POST: 5,000 mutated bodies (bit flips, truncation, non-base64, structural variants signed
   with T1's real key, fee-bump, foreign keys, broken bodies and content types); not one 5xx,
   not one token, nothing consumed - and the unmutated challenge still logs in afterwards.
 """
@@ -43,7 +43,7 @@ from tornado.httpclient import HTTPResponse
 from conftest import RunningServer
 
 GET_CASES = 2000
-POST_CASES = 2000
+POST_CASES = 5000  # reliability-plan B2: at least 5,000 mutants
 BATCH = 40
 
 
