@@ -62,13 +62,15 @@ class PurgeReport:
     resurrected: list[str] = field(default_factory=list)  # racing writes removed again
     paused: list[str] = field(default_factory=list)  # due, but under legal hold
     expired_files: int = 0
+    interrupted_files: int = 0  # leftover chunks of crashed file writes/deletes removed
     exposed: int = 0  # shredded customers whose KEK version was still held before this run
     kek_rotated: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {"tenant": self.tenant, "shredded": self.shredded, "finished": self.finished,
                 "resurrected": self.resurrected, "legal_hold": self.paused,
-                "expired_files": self.expired_files, "exposed": self.exposed,
+                "expired_files": self.expired_files,
+                "interrupted_files": self.interrupted_files, "exposed": self.exposed,
                 "kek_rotated": self.kek_rotated}
 
 
@@ -205,7 +207,8 @@ class Erasures:
                     now: float | None = None) -> PurgeReport:
         """Shred held records past their period (not under legal hold), finish interrupted
         erasures, remove records resurrected by racing writes, drop expired unattached
-        uploads. Idempotent; safe to run in every process at once."""
+        uploads and the chunks of interrupted file writes and deletes. Idempotent; safe to
+        run in every process at once."""
         at = time.time() if now is None else now
         report = PurgeReport(self.tenant_id)
         for doc in await self._erasures.find({"state": "held", "shred_after": lte(at)},
@@ -227,6 +230,7 @@ class Erasures:
         await self._sweep_resurrected(at, report, dry_run)
         if not dry_run:
             report.expired_files = await self.files.purge_expired(at)
+            report.interrupted_files = await self.files.purge_interrupted(at)
         return report
 
     async def exposed(self, held_versions: list[int]) -> int:

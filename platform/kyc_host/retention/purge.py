@@ -3,7 +3,8 @@
 Each run goes through the tenants this process serves and lets each tenant's
 :class:`~kyc_host.retention.erasure.Erasures` shred held records whose retention period is
 over (legal holds pause that), finish erasures a crash interrupted, remove records that a
-racing write resurrected, and drop expired unattached uploads. Every step is idempotent, so N
+racing write resurrected, drop expired unattached uploads, and remove the chunks of file
+writes or deletes a crash interrupted (store/files.py). Every step is idempotent, so N
 processes running it at once do the same work N times at worst and never corrupt anything;
 a random start offset spreads them out.
 """

@@ -7,6 +7,16 @@
 - ``blobs``: the contents, split into chunks of at most 1 MiB (far below every backend's
   document limit), each sealed with associated data naming the file, the chunk number and
   the chunk count, so chunks cannot be swapped, dropped or moved to another file.
+- ``blob_journal``: one entry per file whose chunks are being written or deleted.
+
+Crash safety (reliability-plan F3). A file object is written after all its chunks and
+deleted before them, and callers write a customer record that names a file only after the
+file exists and delete a file only once no record names it (sep/sep12_service.py,
+retention/erasure.py): a ``kill -9`` at any point can leave chunks that nothing references,
+never a reference to a missing chunk or file. Such chunks are unreadable (their data key
+lives only in the file object, which was never written or is gone) and are found through the
+journal -- the blobs are never scanned: :meth:`FileRepository.purge_interrupted` (run by the
+purge job) removes them once the entry is older than :data:`JOURNAL_GRACE_SECONDS`.
 
 The client's filename is never stored. Sealing and opening big files runs in a worker thread
 so a 10 MB upload does not stall the event loop for other tenants.
@@ -21,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from kyc_host.crypto.records import RecordCipher, TenantCipher
-from kyc_host.store.base import Doc, Store, in_, lt
+from kyc_host.store.base import Doc, Store, StoreError, in_, lt
 from kyc_host.store.customers import new_id
 
 T = TypeVar("T")
@@ -31,6 +41,9 @@ CHUNK_BYTES = 1024 * 1024
 THREAD_THRESHOLD = 256 * 1024
 #: How long an uploaded file that no customer references is kept (SEP-12 ``expires_at``).
 UNATTACHED_TTL_SECONDS = 24 * 3600
+#: A journal entry older than this belongs to a create or delete that was interrupted (both
+#: take seconds at most: every store call is bounded), so its leftover chunks may go.
+JOURNAL_GRACE_SECONDS = 10 * 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +67,7 @@ class FileRepository:
         self.cipher = cipher
         self._files = store.tenant(tenant_id, "files")
         self._blobs = store.tenant(tenant_id, "blobs")
+        self._journal = store.tenant(tenant_id, "blob_journal")
 
     def digest(self, data: bytes) -> str:
         return self.cipher.digest("file", data)
@@ -70,8 +84,14 @@ class FileRepository:
         """
         file_id = new_id()
         cipher, wrapped = self.cipher.new_record(COLLECTION, file_id)
-        chunks = await _maybe_threaded(len(data), _seal_chunks, cipher, data)
-        for n, blob in enumerate(chunks):
+        count = max(1, -(-len(data) // CHUNK_BYTES))
+        await self._begin(file_id, count)
+        # Sealed and written one chunk at a time: an upload in flight holds one sealed chunk
+        # beside its plaintext, not a second copy of the whole file (20 concurrent 10 MB
+        # uploads are part of the noisy-neighbour load, reliability-plan L4).
+        for n in range(count):
+            piece = data[n * CHUNK_BYTES:(n + 1) * CHUNK_BYTES]
+            blob = await _maybe_threaded(len(piece), cipher.seal, _chunk_field(n, count), piece)
             await self._blobs.insert_one({"_id": _chunk_id(file_id, n), "data": blob})
         now = time.time()
         info = FileInfo(id=file_id, content_type=content_type, size=len(data), created_at=now,
@@ -79,9 +99,10 @@ class FileRepository:
                         customer_id=customer_id, owner_ix=owner_ix, account_ix=account_ix,
                         digest=self.digest(data))
         sealed_owner = None if owner_key is None else cipher.seal_text("owner", owner_key)
-        await self._files.insert_one({**_info_doc(info), "key": wrapped, "chunks": len(chunks),
+        await self._files.insert_one({**_info_doc(info), "key": wrapped, "chunks": count,
                                       "owner_key": sealed_owner,
                                       "ix_v": self.cipher.index_plan.write})
+        await self._journal.delete_one({"_id": file_id})
         return info
 
     async def get(self, file_id: str) -> FileInfo | None:
@@ -110,9 +131,15 @@ class FileRepository:
             return None
         cipher = self.cipher.open_record(COLLECTION, file_id, doc["key"])
         count = int(doc["chunks"])
-        ids = [_chunk_id(file_id, n) for n in range(count)]
-        by_id = {b["_id"]: b["data"] for b in await self._blobs.find({"_id": in_(ids)})}
-        blobs = [by_id[i] for i in ids]
+        # One chunk per call: each store call moves at most 1 MiB, well inside the store's
+        # per-call timeout even on a slow link, and a bare ``_id`` is an index lookup on
+        # FerretDB too (an ``$in`` scans the whole collection there).
+        blobs = []
+        for n in range(count):
+            chunk = await self._blobs.find_one({"_id": _chunk_id(file_id, n)})
+            if chunk is None:  # never left by a crash (see the module doc): corruption
+                raise StoreError(f"file {file_id}: chunk {n} of {count} is missing")
+            blobs.append(chunk["data"])
         return await _maybe_threaded(int(doc["size"]), _open_chunks, cipher, file_id, blobs)
 
     async def delete(self, file_ids: Sequence[str]) -> int:
@@ -122,9 +149,11 @@ class FileRepository:
             doc = await self._files.find_one({"_id": file_id})
             if doc is None:
                 continue
+            await self._begin(file_id, int(doc["chunks"]))
             deleted += await self._files.delete_one({"_id": file_id})
             ids = [_chunk_id(file_id, n) for n in range(int(doc["chunks"]))]
             await self._blobs.delete_many({"_id": in_(ids)})
+            await self._journal.delete_one({"_id": file_id})
         return deleted
 
     async def delete_for_customer(self, customer_id: str) -> int:
@@ -136,6 +165,28 @@ class FileRepository:
         docs = await self._files.find({"expires_at": lt(cutoff)}, limit=1000)
         return await self.delete([str(d["_id"]) for d in docs if d.get("expires_at")])
 
+    async def purge_interrupted(self, now: float | None = None) -> int:
+        """Remove the chunks of creates and deletes that a crash interrupted: journal entries
+        older than JOURNAL_GRACE_SECONDS whose file object does not exist. An entry whose
+        file object exists (the crash came after the create, or before the delete's first
+        step) is dropped and the file kept. Returns how many files' chunks were removed."""
+        cutoff = (time.time() if now is None else now) - JOURNAL_GRACE_SECONDS
+        removed = 0
+        for entry in await self._journal.find({"at": lt(cutoff)}, limit=1000):
+            file_id = str(entry["_id"])
+            if await self._files.find_one({"_id": file_id}) is None:
+                ids = [_chunk_id(file_id, n) for n in range(int(entry["chunks"]))]
+                removed += bool(await self._blobs.delete_many({"_id": in_(ids)}))
+            await self._journal.delete_one({"_id": file_id})
+        return removed
+
+    async def _begin(self, file_id: str, chunks: int) -> None:
+        """Journal that ``file_id``'s chunks are about to be written or deleted (replacing an
+        entry an earlier interrupted attempt left)."""
+        await self._journal.replace_one(
+            {"_id": file_id}, {"_id": file_id, "chunks": chunks, "at": time.time()},
+            upsert=True)
+
 
 def _chunk_id(file_id: str, n: int) -> str:
     return f"{file_id}.{n}"
@@ -143,12 +194,6 @@ def _chunk_id(file_id: str, n: int) -> str:
 
 def _chunk_field(n: int, count: int) -> str:
     return f"chunk:{n}/{count}"
-
-
-def _seal_chunks(cipher: RecordCipher, data: bytes) -> list[bytes]:
-    count = max(1, -(-len(data) // CHUNK_BYTES))
-    return [cipher.seal(_chunk_field(n, count), data[n * CHUNK_BYTES:(n + 1) * CHUNK_BYTES])
-            for n in range(count)]
 
 
 def _open_chunks(cipher: RecordCipher, file_id: str, blobs: list[bytes]) -> bytes:

@@ -42,6 +42,9 @@ _SPECS = (
     CollectionSpec("files", "tenant", (Index(("owner",)), Index(("customer_id",)),
                                        Index(("expires_at",)))),
     CollectionSpec("blobs", "tenant"),
+    # A file's chunks being written or deleted (_id = file id; store/files.py): what a crash
+    # midway leaves behind is found here, not by scanning the blobs (reliability-plan F3).
+    CollectionSpec("blob_journal", "tenant", (Index(("at",)),)),
     # SEP-12 transaction_id -> the customer that first used it (_id = blind index).
     CollectionSpec("transactions", "tenant", (Index(("customer_id",)),)),
     CollectionSpec("challenges", "tenant", (Index(("expires_at",)),)),
