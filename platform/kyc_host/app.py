@@ -14,11 +14,11 @@ import logging
 import os
 import signal
 import socket
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
-from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.web import Application
 
@@ -35,6 +35,7 @@ from kyc_host.tenancy.registry import TenantRegistry
 from kyc_host.tenancy.service import TenantService, read_tenant_files
 from kyc_host.web.base import AdminNotFoundHandler, NotFoundHandler, log_request
 from kyc_host.web.routes import admin_routes, public_routes
+from kyc_host.web.serving import ServingHTTPServer
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,10 @@ async def build_services(
         await store.close()
         raise
     return Services(settings=settings, store=store, keys=keys, tenants=tenants,
-                    registry=registry, http=SafeHttpClient(dev_mode=settings.dev_mode))
+                    registry=registry, http=SafeHttpClient(
+                        dev_mode=settings.dev_mode,
+                        static_hosts={name: (ip, port)
+                                      for name, ip, port in settings.dev_static_hosts}))
 
 
 # --- applications ---
@@ -133,7 +137,7 @@ class Server:
     """Both listeners of one process, started on already-bound sockets."""
 
     services: Services
-    http_servers: list[HTTPServer] = field(default_factory=list)
+    http_servers: list[ServingHTTPServer] = field(default_factory=list)
     #: Delivers SEP-12 callbacks and tenant webhooks (one per process).
     callbacks: CallbackWorker | None = None
     #: Shreds erased customers whose retention period is over (one per process).
@@ -142,8 +146,12 @@ class Server:
     def start(self, public: list[socket.socket], admin: list[socket.socket]) -> None:
         for app, sockets in ((make_public_app(self.services), public),
                              (make_admin_app(self.services), admin)):
-            server = HTTPServer(app, max_body_size=MAX_BODY_BYTES, idle_connection_timeout=60,
-                                body_timeout=60)
+            settings = self.services.settings
+            # Slow clients are cut by these timers (web/serving.py maps each to Tornado's).
+            server = ServingHTTPServer(app, max_body_size=MAX_BODY_BYTES,
+                                       idle_connection_timeout=settings.idle_timeout_seconds,
+                                       body_timeout=settings.body_timeout_seconds,
+                                       header_timeout=settings.header_timeout_seconds)
             server.add_sockets(sockets)
             self.http_servers.append(server)
         self.services.registry.start()
@@ -153,21 +161,27 @@ class Server:
         self.purge.start()
 
     async def stop(self, grace_seconds: float) -> None:
-        """Stop accepting, wait (bounded) for in-flight requests, close everything."""
+        """Stop accepting, wait (bounded) for in-flight requests, close everything.
+
+        A request is in flight from its first byte to the end of its response, so neither a
+        body still arriving nor a connection accepted a moment before is cut
+        (web/serving.py); new connections are refused. The callback worker and the purge
+        job stop meanwhile, so the whole stop takes about ``grace_seconds`` at most (F9:
+        exit within 25 s of SIGTERM with the default 20).
+        """
         self.services.draining = True
-        for server in self.http_servers:
-            server.stop()
-        if not await self.services.inflight.wait_idle(grace_seconds):
+        deadline = time.monotonic() + grace_seconds
+        background = asyncio.ensure_future(self._stop_background(grace_seconds))
+        drained = await asyncio.gather(*(s.drain(deadline) for s in self.http_servers))
+        # Handlers count themselves too (BaseHandler.prepare .. on_finish).
+        idle = (self.services.inflight.count == 0
+                or await self.services.inflight.wait_idle(max(0.01, deadline - time.monotonic())))
+        if not (all(drained) and idle):
             log.warning("shutdown timeout: %d requests still in flight",
                         self.services.inflight.count)
         for server in self.http_servers:
             await server.close_all_connections()
-        if self.callbacks is not None:
-            # Attempts in flight may finish; the rest keep their leases and are resumed by
-            # whichever process runs next (callbacks/worker.py).
-            await self.callbacks.stop(min(grace_seconds, 5.0))
-        if self.purge is not None:
-            await self.purge.stop()
+        await background
         # Running key jobs release their leases; their checkpoints let the next run resume.
         await self.services.key_jobs.stop()
         await self.services.registry.stop()
@@ -176,6 +190,15 @@ class Server:
         await self.services.store.close()
         self.services.http.close()
         self.services.horizon.close()
+
+    async def _stop_background(self, grace_seconds: float) -> None:
+        if self.callbacks is not None:
+            # Attempts in flight may finish; the rest keep their leases and are resumed by
+            # whichever process runs next (callbacks/worker.py). Events stay pending in the
+            # store: a request finishing meanwhile relays its own events (callbacks/outbox.py).
+            await self.callbacks.stop(min(grace_seconds, 5.0))
+        if self.purge is not None:
+            await self.purge.stop()
 
 
 Sockets = list[socket.socket]

@@ -63,6 +63,14 @@ class PlatformSettings:
     # headers (X-Forwarded-For, Forwarded) are believed.
     rate_limits: bool = True
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
+    # Slow clients (kyc_host/web/serving.py): how long a request's headers, a connection
+    # waiting for its next request, and a request body may take.
+    header_timeout_seconds: float = 10.0
+    idle_timeout_seconds: float = 60.0
+    body_timeout_seconds: float = 60.0
+    # Dev mode only: host names the outbound client sends to a local address instead of
+    # resolving them (net/safe_http.py static_hosts), as (name, ip, port).
+    dev_static_hosts: tuple[tuple[str, str, int], ...] = ()
 
     @property
     def public_port(self) -> int:
@@ -157,6 +165,29 @@ def _parse_networks(raw: object) -> tuple[IPv4Network | IPv6Network, ...]:
     return tuple(networks)
 
 
+def _parse_static_hosts(raw: object) -> tuple[tuple[str, str, int], ...]:
+    items = raw.split(",") if isinstance(raw, str) else raw
+    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+        raise ValueError("expected a list of \"name=IP:PORT\" such as "
+                         "[\"wallet.test=127.0.0.1:8123\"]")
+    hosts: list[tuple[str, str, int]] = []
+    for item in (i.strip() for i in items):
+        if not item:
+            continue
+        name, _, address = (part.strip() for part in item.partition("="))
+        ip, _, port = address.rpartition(":")
+        try:
+            ip = str(ipaddress.IPv4Address(ip))
+        except ValueError:
+            ip = ""
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.-]*", name) or not ip \
+                or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(f"{item!r} is not \"name=IP:PORT\" (a lower-case host name, an "
+                             "IPv4 address and a port), e.g. \"wallet.test=127.0.0.1:8123\"")
+        hosts.append((name, ip, int(port)))
+    return tuple(hosts)
+
+
 def _parse_log_level(raw: object) -> str:
     if not isinstance(raw, str) or raw.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ValueError("expected one of debug, info, warning, error")
@@ -211,6 +242,15 @@ SETTINGS: tuple[Setting, ...] = (
             "Enforce each tenant's [limits] request rates (429 with Retry-After)."),
     Setting("trusted_proxies", _parse_networks, [],
             "CIDRs of your load balancers: only from these peers is X-Forwarded-For read."),
+    Setting("header_timeout_seconds", _seconds(0.05, 3600), 10.0,
+            "Once a request's first byte arrived, its headers must be complete within this."),
+    Setting("idle_timeout_seconds", _seconds(0.05, 3600), 60.0,
+            "How long a connection may wait for its next request's headers (keep-alive idle)."),
+    Setting("body_timeout_seconds", _seconds(0.05, 3600), 60.0,
+            "Total time a request body may take to arrive; a slower body is cut unread."),
+    Setting("dev_static_hosts", _parse_static_hosts, [],
+            "Dev mode only: \"name=IP:PORT\" entries; outbound fetches of https://name/ "
+            "(client_domain's stellar.toml) go to IP:PORT over plain HTTP (local stand-ins)."),
 )
 _BY_KEY = {s.key: s for s in SETTINGS}
 
@@ -249,6 +289,10 @@ def load_settings(
             values[key] = _BY_KEY[key].parse(value)
         except ValueError as exc:
             raise ConfigError(origin, key, str(exc), value) from None
+    if values["dev_static_hosts"] and not values["dev_mode"]:
+        # A name -> address override bypasses the SSRF checks by design: dev mode only.
+        value, origin = raw["dev_static_hosts"]
+        raise ConfigError(origin, "dev_static_hosts", "only allowed with dev_mode = true", value)
     return PlatformSettings(**values, source=source)  # type: ignore[arg-type]
 
 

@@ -1,0 +1,248 @@
+"""The HTTP server of each listener: connection timeouts and a graceful drain.
+
+Timeouts (reliability-plan L5: slow clients must not hold connections or memory). Tornado's
+``HTTPServer`` has two timers, and they map to settings as follows:
+
+- ``idle_timeout_seconds`` -> Tornado's ``idle_connection_timeout`` (used as its
+  ``header_timeout``): it runs from the moment a connection starts waiting for a request --
+  right after it was accepted, or right after the previous response on a keep-alive
+  connection -- until that request's headers are complete. It is what closes idle keep-alive
+  connections. Keep it above the idle timeout of the load balancer in front (else the
+  balancer may send a request on a connection this server is closing).
+- ``body_timeout_seconds`` -> Tornado's ``body_timeout``: the *total* time from the end of
+  the headers to the end of the body (not a gap between reads), so a body trickled at 1 KB/s
+  is cut when it runs out, whatever the trickle rate. A cut body never reaches a handler's
+  method, so nothing is written (SEP-12 handlers buffer the body and act on it whole).
+- ``header_timeout_seconds`` is added here, because Tornado has one timer for "idle" and
+  "sending headers": once the first byte of a request has arrived, its headers must be
+  complete within this time (a slowloris client sending a header line every few seconds is
+  closed after it, not after the long idle timeout). A sweep checks waiting connections
+  every ``min(1 s, header timeout / 4)``, so the cut comes at most that much later.
+
+Graceful drain (reliability-plan F9: no request that began before SIGTERM is cut).
+:meth:`ServingHTTPServer.drain` stops the listeners -- first accepting the connections the
+kernel already completed, which closing the socket would otherwise reset -- then waits until
+no connection is inside a request (from its first byte to the end of its response), and
+closes the idle keep-alive connections left. Until then an idle keep-alive connection may
+still carry one more request (a load balancer's, or a readiness probe that sees 503): every
+response sent while draining carries ``Connection: close``, so no client sends another
+request on a connection that is about to close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from typing import Any, cast
+
+from tornado import httputil
+from tornado.http1connection import HTTP1Connection, HTTP1ServerConnection
+from tornado.httpserver import HTTPServer
+
+log = logging.getLogger(__name__)
+
+#: How often a drain looks at its connections again while requests are in flight.
+DRAIN_POLL_SECONDS = 0.05
+#: While draining, a connection accepted this recently that has sent nothing yet is given
+#: this long to send its request (its client connected before the listeners closed).
+FRESH_GRACE_SECONDS = 1.0
+
+
+class _ConnState:
+    """What one connection is doing: inside a request (``busy``) or waiting for one."""
+
+    __slots__ = ("accepted_at", "busy", "first_byte", "fresh", "request")
+
+    def __init__(self, now: float) -> None:
+        self.busy = False
+        #: No request has begun on it yet (a client connects, then writes its request).
+        self.fresh = True
+        self.accepted_at = now
+        #: Loop time at which the sweep first saw bytes of the next request (None: none yet).
+        self.first_byte: float | None = None
+        self.request: httputil.HTTPConnection | None = None
+
+
+class _TrackedRequest(httputil.HTTPMessageDelegate):
+    """Forwards one request to the application and marks its connection busy from the
+    moment its headers are complete (the connection stays busy until its next request
+    begins -- Tornado starts the next one only after the response was written -- or it
+    closes)."""
+
+    def __init__(self, state: _ConnState, request: httputil.HTTPConnection,
+                 inner: httputil.HTTPMessageDelegate) -> None:
+        self.state, self.request, self.inner = state, request, inner
+
+    def headers_received(self, start_line: httputil.RequestStartLine
+                         | httputil.ResponseStartLine,
+                         headers: httputil.HTTPHeaders) -> Any:
+        self.state.busy, self.state.first_byte, self.state.fresh = True, None, False
+        self.state.request = self.request
+        return self.inner.headers_received(start_line, headers)
+
+    def data_received(self, chunk: bytes) -> Any:
+        return self.inner.data_received(chunk)
+
+    def finish(self) -> None:
+        self.inner.finish()
+
+    def on_connection_close(self) -> None:
+        self.inner.on_connection_close()
+
+
+class ServingHTTPServer(HTTPServer):
+    """``HTTPServer`` plus the header timeout and :meth:`drain` (see the module doc).
+
+    Build it like ``HTTPServer`` with the extra keyword ``header_timeout`` (seconds).
+    """
+
+    header_timeout: float
+    draining: bool
+
+    def initialize(self, *args: Any, header_timeout: float = 3600.0, **kwargs: Any) -> None:
+        super().initialize(*args, **kwargs)
+        self.header_timeout = header_timeout
+        self.draining = False
+        self._states: dict[HTTP1ServerConnection, _ConnState] = {}
+        self._listening: list[socket.socket] = []
+        self._sweeper: asyncio.Task[None] | None = None
+
+    # --- connection tracking ---
+
+    def start_request(self, server_conn: object,
+                      request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
+        conn = cast(HTTP1ServerConnection, server_conn)
+        state = self._states.get(conn)
+        if state is None:
+            state = self._states[conn] = _ConnState(time.monotonic())
+        # Tornado asks for the next request only once the previous response is written.
+        state.busy, state.first_byte, state.request = False, None, None
+        return _TrackedRequest(state, request_conn, super().start_request(server_conn,
+                                                                          request_conn))
+
+    def on_close(self, server_conn: object) -> None:
+        self._states.pop(cast(HTTP1ServerConnection, server_conn), None)
+        super().on_close(server_conn)
+
+    def _in_request(self, server_conn: HTTP1ServerConnection, now: float) -> bool:
+        """Whether closing this connection now could cut a request: one whose headers
+        arrived, one with bytes of its start buffered, or one accepted less than
+        :data:`FRESH_GRACE_SECONDS` ago that has not sent its first request yet (its
+        client connected before the listeners closed and is about to write)."""
+        state = self._states.get(server_conn)
+        return (state is None or state.busy or _buffered(server_conn) > 0
+                or (state.fresh and now - state.accepted_at < FRESH_GRACE_SECONDS))
+
+    # --- listeners ---
+
+    def add_sockets(self, sockets: Any) -> None:
+        sockets = list(sockets)
+        self._listening.extend(sockets)
+        super().add_sockets(sockets)
+        if self._sweeper is None:
+            self._sweeper = asyncio.ensure_future(self._sweep())
+
+    def stop(self) -> None:
+        """Stop listening. Connections the kernel already completed (the accept backlog)
+        are accepted and served: closing the socket would reset them, though their clients
+        connected before the server stopped. The socket is closed right after the accept
+        that finds the backlog empty, to keep the window for a reset as short as it can be.
+        """
+        if self._stopped:
+            return
+        accepted = []
+        for sock in self._listening:
+            # Tornado's accept handler first, so that it does not race this loop.
+            remove = self._handlers.pop(sock.fileno(), None)
+            if remove is not None:
+                remove()
+            accepted += _accept_all_then_close(sock)
+        self._sockets.clear()
+        self._listening.clear()
+        self._stopped = True
+        for connection, address in accepted:
+            # What Tornado's own accept loop does with a connection (TCPServer.add_sockets).
+            self._handle_connection(connection, address)
+
+    # --- timeouts ---
+
+    async def _sweep(self) -> None:
+        """Close connections whose request started but whose headers are late."""
+        interval = min(1.0, max(0.01, self.header_timeout / 4))
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for server_conn, state in list(self._states.items()):
+                if state.busy:
+                    continue
+                if _buffered(server_conn) == 0:
+                    state.first_byte = None
+                elif state.first_byte is None:
+                    state.first_byte = now
+                elif now - state.first_byte >= self.header_timeout:
+                    # Debug only: a slowloris flood must not become a log flood.
+                    log.debug("closed a connection: request headers incomplete after %g s",
+                              self.header_timeout)
+                    server_conn.stream.close()
+
+    # --- graceful drain ---
+
+    async def drain(self, deadline: float) -> bool:
+        """Stop accepting, let every request that began finish, then close idle connections.
+
+        ``deadline`` is a ``time.monotonic()`` value. True once no connection is inside a request,
+        False if the deadline came first (the caller then closes what is left).
+        """
+        self.draining = True
+        self.stop()
+        # New requests on open connections are answered with "Connection: close" ...
+        self.conn_params.no_keep_alive = True
+        # ... and so are those already running, unless their headers were already sent.
+        for state in self._states.values():
+            if state.busy and isinstance(state.request, HTTP1Connection):
+                state.request._disconnect_on_finish = True
+        while any(self._in_request(c, time.monotonic()) for c in self._connections):
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(DRAIN_POLL_SECONDS)
+        # Nothing in a request: what is left is idle keep-alive connections.
+        for server_conn in list(self._connections):
+            server_conn.stream.close()
+        return True
+
+    async def close_all_connections(self) -> None:
+        """Close every connection (cutting what is left) and stop the header sweep."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        await super().close_all_connections()
+
+
+def _accept_all_then_close(sock: socket.socket) -> list[tuple[socket.socket, Any]]:
+    accepted = []
+    while True:
+        try:
+            accepted.append(sock.accept())
+        except BlockingIOError:
+            sock.close()
+            return accepted
+        except ConnectionAbortedError:
+            continue  # the client gave up while queued
+        except OSError:
+            sock.close()
+            return accepted
+
+
+def _buffered(server_conn: HTTP1ServerConnection) -> int:
+    """Bytes received on the connection and not yet parsed (the start of a request).
+
+    Tornado has no public accessor: its IOStream keeps the count in ``_read_buffer_size``
+    (tests/faults/test_slow_clients.py fails if that ever changes).
+    """
+    size: int = server_conn.stream._read_buffer_size
+    return size
