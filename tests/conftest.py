@@ -11,11 +11,15 @@
 - ``make_server``: starts the real app (both listeners) in-process on free ports with the given
   tenant documents; returns a :class:`RunningServer` whose ``fetch`` sets the Host header.
 - ``two_tenants``: a running server with tenants "t1" on ``a.test`` and "t2" on ``b.test``.
+- ``log_canary`` (autouse): every test fails if any ``kyc_host`` log line (at DEBUG, in the
+  platform's JSON format) holds a JWT, a Stellar secret seed or a bearer credential.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import socket
 import subprocess
 import time
@@ -30,6 +34,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 from tornado.netutil import bind_sockets
 
 from kyc_host.app import Server, build_services
+from kyc_host.logs import JsonFormatter
 from kyc_host.services import Services
 from kyc_host.settings import PlatformSettings, load_settings, with_overrides
 from kyc_host.store import open_store
@@ -275,3 +280,100 @@ def _collected_mongo(config: pytest.Config) -> bool:
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     session.config._kyc_session = session  # type: ignore[attr-defined]
+
+
+# --- the log canary (reliability-plan B8): no test may make the platform log a secret -----
+
+#: A JWT (three base64url segments; a JSON header starts ``{"`` = ``eyJ``; alg=none tokens
+#: have an empty third one), a Stellar secret seed (not inside a longer base32 run, such as
+#: an M-address), a bearer credential (after whitespace, which JSON may show escaped; matched
+#: on the lower-cased line). Separate patterns behind substring checks: one alternation
+#: costs ~10x more per line, and the canary sees every line of the suite.
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.")
+_SEED = re.compile(r"S[A-Z2-7]{55}")
+_BASE32 = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567")
+_BEARER = re.compile(r"bearer(?:\s|\\[trn])+[a-z0-9._~+/=-]{16,}")
+
+
+def holds_secret(line: str) -> bool:
+    """Whether a log line holds a JWT, a Stellar secret seed or a bearer credential."""
+    if "eyJ" in line and _JWT.search(line):
+        return True
+    lower = line.lower()
+    if "bearer" in lower and _BEARER.search(lower):
+        return True
+    for match in _SEED.finditer(line):
+        start, end = match.span()
+        if line[start - 1:start] not in _BASE32 and line[end:end + 1] not in _BASE32:
+            return True
+    return False
+
+
+#: The ``kyc_host`` logger's level while the canary runs: below DEBUG so every line is made,
+#: and unlike any level a test sets (which then takes over, see :class:`_AsBefore`).
+_CANARY_LEVEL = 5
+
+
+class _CanaryHandler(logging.Handler):
+    """Formats each record as production would and keeps the lines that hold a canary."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.NOTSET)
+        self.setFormatter(JsonFormatter())
+        self.hits: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = self.format(record)
+        if holds_secret(line):
+            self.hits.append(line)
+
+
+class _AsBefore(logging.Filter):
+    """On the other root handlers (pytest's caplog and report capture): drop the ``kyc_host``
+    records that exist only because the canary lowered ``kyc_host``'s level, so what a test
+    sees in ``caplog`` is what it would see without the canary."""
+
+    def __init__(self, kyc: logging.Logger, original: int) -> None:
+        super().__init__()
+        self.kyc = kyc
+        self.original = original
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        name = record.name
+        if self.kyc.level != _CANARY_LEVEL or not (name == "kyc_host"
+                                                   or name.startswith("kyc_host.")):
+            return True  # not ours, or the test set kyc_host's level itself
+        logger: logging.Logger | None = logging.getLogger(name)
+        while logger is not None:  # Logger.getEffectiveLevel with kyc_host's own level
+            level = self.original if logger is self.kyc else logger.level
+            if level:
+                return record.levelno >= level
+            logger = logger.parent
+        return True
+
+
+@pytest.fixture(autouse=True)
+def log_canary(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail the test if the platform logged a JWT, a secret seed or a bearer credential."""
+    kyc = logging.getLogger("kyc_host")
+    root = logging.getLogger()
+    handler = _CanaryHandler()
+    as_before = _AsBefore(kyc, kyc.level)
+    others = list(root.handlers)
+    original = kyc.level
+    for other in others:
+        other.addFilter(as_before)
+    root.addHandler(handler)
+    kyc.setLevel(_CANARY_LEVEL)
+    try:
+        yield
+    finally:
+        if kyc.level == _CANARY_LEVEL:
+            kyc.setLevel(original)
+        root.removeHandler(handler)
+        for other in others:
+            other.removeFilter(as_before)
+    if handler.hits:
+        shown = "\n".join(line[:400] for line in handler.hits[:5])
+        pytest.fail(f"{len(handler.hits)} log line(s) hold a JWT, secret seed or bearer "
+                    f"credential (reliability-plan B8):\n{shown}", pytrace=False)

@@ -1,6 +1,11 @@
 """Structured logging: one JSON object per line on stderr.
 
-Log records carry ``tenant`` and ``request_id`` when the caller passes them in ``extra``.
+Every line written while a request is served carries that request's ``tenant`` and
+``request_id``: :func:`bind_request` (called by ``BaseHandler.prepare``) stores them in a
+context variable, which the request's task and every task it starts (hook calls) inherit, and
+:class:`JsonFormatter` adds them to lines whose caller did not pass them in ``extra`` (an
+explicit value wins: a background job names its own tenant).
+
 Messages must never contain PII values, tokens, secrets or file contents; pass identifiers
 (tenant id, customer id, field *names*) only. JSON encoding escapes CR/LF and control
 characters, so a value injected by a client cannot forge a log line.
@@ -12,8 +17,20 @@ import json
 import logging
 import sys
 import time
+from contextvars import ContextVar
 
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message"}
+#: (tenant id or None, request id) of the request whose task is running, if any.
+_REQUEST: ContextVar[tuple[str | None, str] | None] = ContextVar("kyc_request", default=None)
+
+
+def bind_request(request_id: str, tenant: str | None) -> None:
+    """Tag every line logged from now on in this task (and tasks it starts) with the request.
+
+    Call it from the request's own task (Tornado runs each handler's ``_execute`` as one):
+    the value then ends with that task and never leaks into the connection's next request.
+    """
+    _REQUEST.set((tenant, request_id))
 
 
 class JsonFormatter(logging.Formatter):
@@ -27,6 +44,13 @@ class JsonFormatter(logging.Formatter):
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
                 entry[key] = value
+        bound = _REQUEST.get()
+        if bound is not None:
+            tenant, request_id = bound
+            if entry.get("tenant") is None and tenant is not None:
+                entry["tenant"] = tenant
+            if entry.get("request_id") is None:
+                entry["request_id"] = request_id
         if record.exc_info and record.exc_info[0] is not None:
             # The type and traceback only: exception messages may quote input values.
             entry["exc_type"] = record.exc_info[0].__name__

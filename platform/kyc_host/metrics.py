@@ -19,6 +19,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Summary,
     generate_latest,
 )
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -52,11 +53,20 @@ class Metrics:
             "kyc_sep10_logins", "SEP-10 token requests by result (issued, rejected, error).",
             ["tenant", "result"], registry=registry)
         self.hook_calls = Counter(
-            "kyc_hook_calls", "Plugin hook calls by tenant, hook and outcome.",
+            "kyc_hook_calls", "Plugin hook calls by tenant, hook and outcome (ok, rejected, "
+            "failed, timeout, unavailable).",
             ["tenant", "hook", "outcome"], registry=registry)
         self.hook_latency = Histogram(
             "kyc_hook_duration_seconds", "Plugin hook durations by hook.", ["hook"],
             buckets=_LATENCY_BUCKETS, registry=registry)
+        # Per tenant, a count and a sum only (the mean; two series per tenant and hook):
+        # buckets per tenant would be the cardinality the module docstring rules out.
+        self.hook_tenant_seconds = Summary(
+            "kyc_hook_tenant_duration_seconds", "Plugin hook time by tenant and hook.",
+            ["tenant", "hook"], registry=registry)
+        self.upload_paced = Counter(
+            "kyc_upload_paced_seconds", "Time uploads were held back by their tenant's "
+            "upload_bytes_per_second, by tenant.", ["tenant"], registry=registry)
         self.rate_limited = Counter(
             "kyc_rate_limited", "Requests refused with 429 by a tenant limit, by limit name.",
             ["tenant", "limit"], registry=registry)

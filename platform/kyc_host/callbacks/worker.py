@@ -406,7 +406,8 @@ class CallbackWorker:
         """The URL the customer has registered now (or the tenant's default for its wallet),
         and the SEP-12 signature headers for it."""
         services = self.services
-        service = service_for(tenant, services.store, services.settings, services.http)
+        service = service_for(tenant, services.store, services.settings, services.http,
+                              services.metrics)
         record = await service.customers.load(str(event["customer_id"]))
         if record is None:
             return Outcome(ev.EventState.DISABLED, "customer erased")
@@ -472,7 +473,7 @@ class CallbackWorker:
             # SEP-12 §callbacks: after ACCEPTED/REJECTED the wallet registers again; a 410
             # disables the URL. A URL registered since this one was used is kept.
             service = service_for(tenant, self.services.store, self.services.settings,
-                                  self.services.http)
+                                  self.services.http, self.services.metrics)
             await service.customers.clear_callback_url(str(event["customer_id"]),
                                                        outcome.url_set_at)
 

@@ -203,7 +203,8 @@ class WorkerProcess:
                       self.spec.tenant_id, extra={"tenant": self.spec.tenant_id})
 
 
-_RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "tenant"}
+_RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "tenant",
+                                                              "request_id"}
 
 
 class WorkerPool:
@@ -364,7 +365,7 @@ class IsolatedRunner(HookRunner):
                 reply = await worker.call(name, args, self._rpc)
         except TimeoutError:
             raise self._failed(name, f"timed out after {self.timeout:g}s "
-                                     f"(worker {worker.pid} killed)") from None
+                                     f"(worker {worker.pid} killed)", timeout=True) from None
         except WorkerDied:
             raise self._failed(name, f"ended its worker process {worker.pid} "
                                      f"(exit code {worker.process.returncode})") from None

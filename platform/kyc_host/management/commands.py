@@ -163,7 +163,8 @@ def _sep12(services: Services, tenant_id: str) -> Sep12Service:
     tenant = services.registry.get(tenant_id)
     if tenant is None:
         raise _UnknownTenant
-    return service_for(tenant, services.store, services.settings, services.http)
+    return service_for(tenant, services.store, services.settings, services.http,
+                       services.metrics)
 
 
 async def customer_decide(services: Services, args: argparse.Namespace) -> int:

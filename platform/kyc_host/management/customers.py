@@ -55,7 +55,8 @@ class _CustomerBase(ManagementHandler):
         if tenant is None:
             raise NotFound(TENANT_NOT_FOUND)
         services = self.services
-        return service_for(tenant, services.store, services.settings, services.http)
+        return service_for(tenant, services.store, services.settings, services.http,
+                           services.metrics)
 
     async def record(self, service: Sep12Service, customer_id: str) -> CustomerRecord:
         """The tenant's customer; an id of another tenant is simply not found here."""

@@ -18,6 +18,7 @@ from kyc_host.hooks.contract import CustomerHooks
 from kyc_host.hooks.isolation import IsolatedRunner, WorkerPool, WorkerSpec, pool_for
 from kyc_host.hooks.loader import PluginError, load_plugin_class
 from kyc_host.hooks.runner import HookRunner
+from kyc_host.metrics import Metrics
 from kyc_host.net.safe_http import SafeHttpClient
 from kyc_host.retention.erasure import Erasures
 from kyc_host.sep.sep12_service import Sep12Service
@@ -82,15 +83,23 @@ def _plugin_instance(name: str | None, settings: PlatformSettings) -> CustomerHo
 
 
 def service_for(tenant: Tenant, store: Store, settings: PlatformSettings,
-                http: SafeHttpClient | None = None) -> Sep12Service:
-    """The tenant's service, built once per tenant version (``tenant.cache``)."""
+                http: SafeHttpClient | None = None,
+                metrics: Metrics | None = None) -> Sep12Service:
+    """The tenant's service, built once per tenant version (``tenant.cache``).
+
+    ``metrics`` (the server's) gets its hook calls counted; the server's callers pass it.
+    """
     service = tenant.cache.get("sep12")
     if isinstance(service, Sep12Service):
+        if metrics is not None:
+            service.runner.bind_metrics(metrics)
         return service
     failure = tenant.cache.get("sep12_error")
     if failure is None:
         try:
             service = tenant.cache["sep12"] = build_service(tenant, store, settings, http)
+            if metrics is not None:
+                service.runner.bind_metrics(metrics)
             return service
         except PluginError as exc:
             # Remembered for this tenant version: fixing the plugin means re-applying it.

@@ -15,6 +15,7 @@ from typing import Any
 from tornado.web import HTTPError, RequestHandler
 
 from kyc_host.errors import ApiError, LimitExceeded, NotFound, ServiceUnavailable
+from kyc_host.logs import bind_request
 from kyc_host.services import Services
 from kyc_host.store.base import StoreUnavailable
 from kyc_host.tenancy.registry import Tenant
@@ -50,6 +51,9 @@ class BaseHandler(RequestHandler):
 
     @property
     def request_id(self) -> str:
+        """16 hex digits made here, returned as ``X-Request-Id`` and on every log line of the
+        request. A client's own ``X-Request-Id`` is ignored: it would let a caller choose what
+        correlates log lines (or put a huge value into each of them)."""
         rid: str = self.__dict__.setdefault("_request_id", os.urandom(8).hex())
         return rid
 
@@ -64,8 +68,12 @@ class BaseHandler(RequestHandler):
     def prepare(self) -> None:
         self.services.inflight.enter()
         self._counted = True
+        # Every line logged while serving this request carries its id (and tenant, once
+        # known): reliability-plan B8. prepare() runs in the request's own task.
+        bind_request(self.request_id, None)
         if self.resolves_tenant:
             self._tenant = self._resolve_tenant()
+            bind_request(self.request_id, self._tenant.id)
 
     def _resolve_tenant(self) -> Tenant:
         tenant = self.services.registry.for_host(self.request.host_name)
