@@ -66,7 +66,7 @@ class Services:
     metrics: Metrics = field(default_factory=Metrics)
     #: Callback/webhook delivery counters of this process (callbacks/metrics.py).
     callback_metrics: CallbackMetrics = field(default_factory=CallbackMetrics)
-    #: Per-tenant request rate limits: local buckets + store windows (ratelimit/limiter.py).
+    #: Per-tenant request rate limits: local counts + store windows (ratelimit/limiter.py).
     limiter: RateLimiter = field(default_factory=RateLimiter)
     #: Key jobs (rotate-kek, reindex) started through the management API in this process.
     key_jobs: KeyJobs = field(default_factory=KeyJobs)

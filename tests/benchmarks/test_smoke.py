@@ -103,3 +103,9 @@ def test_noisy_neighbour_smoke_run_reports_both_p95s(tmp_path: Path) -> None:
     flood = report["noisy"]["rounds"][0]["get_flood"]
     assert flood["requests"] == flood["non_2xx"]  # every A request failed in its hook
     assert "ratio" in result.stdout
+    # L4's other sources: client_domain fetches to the hanging site end 400 (deadline), at
+    # most the per-tenant bound of them connected at once; 10 MB-class uploads are stored.
+    hang = report["noisy"]["rounds"][0]["hang_fetches"]
+    assert set(hang["statuses"]) == {"400"}, hang
+    assert 1 <= hang["site_peak_open"] <= 10, hang
+    assert report["noisy"]["rounds"][0]["uploads"]["statuses"].get("202", 0) >= 1

@@ -3,11 +3,15 @@
 Design. Each limit is a sliding window: at most ``count`` events per key in any
 ``seconds``-long window. Two layers:
 
-1. **In-process token bucket** per (tenant, limit, key), capacity ``count``, refilled at
-   ``count/seconds``. It costs no I/O and refuses a key that *this process alone* has already
-   let through ``count`` times, so a flood from one client turns into local 429s and never
-   into store writes. On its own it would allow ``count`` per process (N workers, H hosts:
-   N x H x count), which is why it is only a pre-filter.
+1. **In-process count** per (tenant, limit, key) of the events *this process* has stored
+   and that are still inside the window (:class:`_LocalWindow`). Every one of them is in the
+   store's count too, so when they alone reach ``count`` the store would refuse as well: the
+   request is refused here, with no I/O. A flood from one client therefore turns into local
+   429s, not into store writes, for the whole window (a token bucket, refilled at
+   ``count/seconds``, would let one request per refill through to the store and its
+   insert + count + delete only to be refused there). It never refuses what the store would
+   admit, so it loosens nothing and tightens nothing across processes; on its own it would
+   allow ``count`` per process, which is why it only ever decides refusals.
 2. **Store-backed sliding log** (``rate_events``, one tenant-bound document per admitted
    event: ``{key, at, expires_at}``): insert the event, then count the key's events inside
    the window; over ``count`` -> delete our event again and refuse. This is the authority.
@@ -49,9 +53,15 @@ log = logging.getLogger(__name__)
 
 COLLECTION = "rate_events"
 SWEEP_INTERVAL_SECONDS = 60.0
-#: Local buckets kept per process; the least recently used go first. Forgetting one only
-#: makes the pre-filter laxer: the store still holds the count.
+#: Local counts kept per process; the least recently used go first. Forgetting one only
+#: sends that key's next requests to the store, which holds the count.
 MAX_LOCAL_KEYS = 100_000
+#: Slots per window of a local count: its refusals start at most one slot (a tenth of the
+#: window) late at the window's trailing edge; those requests are decided by the store.
+SLOTS = 10
+#: Slots this close to the trailing edge are no longer counted (float rounding of slot
+#: boundaries must never make the local count exceed the store's).
+EDGE_MARGIN_SECONDS = 0.001
 
 
 class RateLimited(LimitExceeded):
@@ -65,19 +75,55 @@ class RateLimited(LimitExceeded):
 
 
 @dataclass(slots=True)
-class _Bucket:
+class _LocalWindow:
+    """The events of one key that this process stored, counted per slot of the window.
+
+    Slot ``n`` holds the events whose ``at`` (the ``time.time()`` stored with them) lies in
+    ``[n * width, (n + 1) * width)``, ``width = rate.seconds / SLOTS``: O(SLOTS) memory per
+    key whatever the rate. :meth:`known` counts only the slots that start after
+    ``now - rate.seconds`` (less a safety margin), so every event it counts is inside the
+    store's window (``at > now - seconds``): a lower bound of what the store would count.
+    """
+
     rate: Rate
-    tokens: float
-    updated: float
+    first: int  # slot number of counts[0]
+    counts: list[int]
 
-    def refill(self, now: float) -> None:
-        per_second = self.rate.count / self.rate.seconds
-        self.tokens = min(float(self.rate.count), self.tokens + (now - self.updated) * per_second)
-        self.updated = now
+    @property
+    def width(self) -> float:
+        return self.rate.seconds / SLOTS
 
-    def wait(self) -> float:
-        """Seconds until one token is available (0 if one is)."""
-        return max(0.0, (1 - self.tokens) * self.rate.seconds / self.rate.count)
+    def _trim(self, now: float) -> None:
+        oldest = math.floor((now - self.rate.seconds + EDGE_MARGIN_SECONDS) / self.width) + 1
+        if oldest > self.first:
+            del self.counts[:oldest - self.first]
+            self.first = oldest
+
+    def known(self, now: float) -> int:
+        """How many of this key's events are certainly inside the window at ``now``."""
+        self._trim(now)
+        return sum(self.counts)
+
+    def add(self, at: float) -> None:
+        """Count one stored event with timestamp ``at``."""
+        slot = math.floor(at / self.width)
+        if slot < self.first:  # the clock went back: not countable safely, so not counted
+            return
+        if not self.counts:
+            self.first = slot
+        self.counts.extend([0] * (slot - self.first + 1 - len(self.counts)))
+        self.counts[slot - self.first] += 1
+
+    def wait(self, now: float) -> float:
+        """Seconds until this count no longer refuses on its own (enough slots have reached
+        the window's trailing edge); from then on the store decides, exactly."""
+        remaining = self.known(now)
+        for index, n in enumerate(self.counts):
+            remaining -= n
+            if remaining < self.rate.count:
+                start = (self.first + index) * self.width
+                return min(float(self.rate.seconds), start + self.rate.seconds - now)
+        return 0.0
 
 
 def event_key(secret: bytes, limit: str, subject: str) -> str:
@@ -89,19 +135,18 @@ class RateLimiter:
     """One per process. Methods raise :class:`RateLimited`; store errors propagate."""
 
     def __init__(self, max_local_keys: int = MAX_LOCAL_KEYS) -> None:
-        self._buckets: OrderedDict[tuple[str, str], _Bucket] = OrderedDict()
+        self._local: OrderedDict[tuple[str, str], _LocalWindow] = OrderedDict()
         self._max_local_keys = max_local_keys
         self._swept: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def hit(self, store: Store, tenant_id: str, limit: str, rate: Rate, key: str) -> None:
         """Count one request for ``key``; refuse it if the window already holds ``count``."""
-        bucket = self._bucket(tenant_id, key, rate)
-        if bucket.tokens < 1:
-            raise RateLimited(limit, rate, bucket.wait())
-        bucket.tokens -= 1
-        events = store.tenant(tenant_id, COLLECTION)
+        local = self._window(tenant_id, key, rate)
         now = time.time()
+        if local.known(now) >= rate.count:  # the store holds at least these: no I/O needed
+            raise RateLimited(limit, rate, local.wait(now))
+        events = store.tenant(tenant_id, COLLECTION)
         event_id = await events.insert_one({"key": key, "at": now,
                                             "expires_at": now + rate.seconds})
         seen = await events.count({"key": key, "at": gt(now - rate.seconds)})
@@ -109,16 +154,17 @@ class RateLimiter:
             retry_after = await _retry_after(events, key, rate, now, seen - rate.count)
             await events.delete_one({"_id": event_id})  # refused requests do not count
             raise RateLimited(limit, rate, retry_after)
+        local.add(now)  # admitted: its event stays in the store until it expires
         self._maybe_sweep(store, tenant_id)
 
     async def check_failures(self, store: Store, tenant_id: str, limit: str, rate: Rate,
                              key: str) -> None:
         """Refuse if ``key`` already has ``count`` failures in the window (reads only)."""
-        bucket = self._bucket(tenant_id, key, rate)
-        if bucket.tokens < 1:
-            raise RateLimited(limit, rate, bucket.wait())
-        events = store.tenant(tenant_id, COLLECTION)
+        local = self._window(tenant_id, key, rate)
         now = time.time()
+        if local.known(now) >= rate.count:
+            raise RateLimited(limit, rate, local.wait(now))
+        events = store.tenant(tenant_id, COLLECTION)
         seen = await events.count({"key": key, "at": gt(now - rate.seconds)})
         if seen >= rate.count:
             raise RateLimited(limit, rate,
@@ -127,8 +173,6 @@ class RateLimiter:
     async def record_failure(self, store: Store, tenant_id: str, rate: Rate, key: str) -> None:
         """Count one failure for ``key`` (a store error is logged, never raised: the request
         already has its own answer, which must not turn into a 503)."""
-        bucket = self._bucket(tenant_id, key, rate)
-        bucket.tokens = max(0.0, bucket.tokens - 1)
         now = time.time()
         try:
             await store.tenant(tenant_id, COLLECTION).insert_one(
@@ -136,21 +180,20 @@ class RateLimiter:
         except StoreError as exc:
             log.warning("recording a failed login failed: %s", exc, extra={"tenant": tenant_id})
             return
+        self._window(tenant_id, key, rate).add(now)
         self._maybe_sweep(store, tenant_id)
 
-    def _bucket(self, tenant_id: str, key: str, rate: Rate) -> _Bucket:
-        now = time.monotonic()
+    def _window(self, tenant_id: str, key: str, rate: Rate) -> _LocalWindow:
         slot = (tenant_id, key)
-        bucket = self._buckets.get(slot)
-        if bucket is None or bucket.rate != rate:  # new key, or the tenant changed the rate
-            bucket = _Bucket(rate, float(rate.count), now)
-            self._buckets[slot] = bucket
-            if len(self._buckets) > self._max_local_keys:
-                self._buckets.popitem(last=False)
+        window = self._local.get(slot)
+        if window is None or window.rate != rate:  # new key, or the tenant changed the rate
+            window = _LocalWindow(rate, 0, [])
+            self._local[slot] = window
+            if len(self._local) > self._max_local_keys:
+                self._local.popitem(last=False)
         else:
-            self._buckets.move_to_end(slot)
-            bucket.refill(now)
-        return bucket
+            self._local.move_to_end(slot)
+        return window
 
     def _maybe_sweep(self, store: Store, tenant_id: str) -> None:
         now = time.monotonic()
