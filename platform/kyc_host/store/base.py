@@ -112,8 +112,12 @@ class Collection(ABC):
 
     @abstractmethod
     async def find(
-        self, flt: Filter, *, sort: SortSpec = (), limit: int | None = None
-    ) -> list[Doc]: ...
+        self, flt: Filter, *, sort: SortSpec = (), limit: int | None = None,
+        fields: Sequence[str] | None = None,
+    ) -> list[Doc]:
+        """The matching documents. With ``fields`` (top-level names), each document holds only
+        ``_id`` and those of the fields that are present and not null: a cheap look at many
+        documents (the tenant registry's refresh reads only ``rev`` and ``status``)."""
 
     @abstractmethod
     async def count(self, flt: Filter) -> int: ...

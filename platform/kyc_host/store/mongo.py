@@ -83,6 +83,12 @@ def _sort(sort: SortSpec) -> list[tuple[str, int]] | None:
     return [(check_field(f), 1 if d >= 0 else -1) for f, d in sort] or None
 
 
+def _top_level(field: str) -> str:
+    if "." in check_field(field):
+        raise ValueError(f"not a top-level field: {field!r}")
+    return field
+
+
 def _plain(doc: Mapping[str, Any]) -> Doc:
     """BSON Binary subtype 0 comes back as bytes already; other subtypes are converted."""
     return {k: (bytes(v) if isinstance(v, Binary) else v) for k, v in doc.items()}
@@ -200,11 +206,18 @@ class MongoCollection(Collection):
             return _maybe(await self._coll.find_one(_query(flt)))
 
     async def find(
-        self, flt: Filter, *, sort: SortSpec = (), limit: int | None = None
+        self, flt: Filter, *, sort: SortSpec = (), limit: int | None = None,
+        fields: Sequence[str] | None = None,
     ) -> list[Doc]:
+        # "_id" named explicitly: an empty projection would mean every field.
+        projection = (None if fields is None
+                      else {"_id": 1} | {_top_level(f): 1 for f in fields})
         with _errors:
-            cursor = self._coll.find(_query(flt), sort=_sort(sort), limit=limit or 0)
-            return [_plain(doc) for doc in await cursor.to_list()]
+            cursor = self._coll.find(_query(flt), projection, sort=_sort(sort), limit=limit or 0)
+            docs = [_plain(doc) for doc in await cursor.to_list()]
+        if fields is None:
+            return docs
+        return [{k: v for k, v in doc.items() if v is not None} for doc in docs]
 
     async def count(self, flt: Filter) -> int:
         with _errors:

@@ -30,6 +30,8 @@ from kyc_host.tenancy.schema import TenantConfig, parse_tenant
 from kyc_host.tenancy.secrets import generate_secrets, seed_from_env, unwrap_secrets, wrap_secrets
 
 log = logging.getLogger(__name__)
+#: Records read per query by :meth:`TenantService.records` (bounds the query's size).
+_BATCH = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +180,20 @@ class TenantService:
 
     async def updated_since(self, timestamp: float) -> list[dict[str, Any]]:
         return await self.tenants.find({"updated_at": gte(timestamp)})
+
+    async def revisions_since(self, timestamp: float) -> list[dict[str, Any]]:
+        """``_id``, ``rev`` and ``status`` of the records updated at or after ``timestamp``:
+        what the registry's poll needs to tell which records changed, without reading (and
+        decoding) whole records, config and wrapped secrets, every second."""
+        return await self.tenants.find({"updated_at": gte(timestamp)}, fields=["rev", "status"])
+
+    async def records(self, tenant_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """The whole records of ``tenant_ids`` (any status), in batches of bounded size."""
+        found: list[dict[str, Any]] = []
+        ids = list(tenant_ids)
+        for start in range(0, len(ids), _BATCH):
+            found += await self.tenants.find({"_id": in_(ids[start:start + _BATCH])})
+        return found
 
     async def page(self, after: str | None, limit: int) -> list[dict[str, Any]]:
         """Live tenants in id order, those after ``after`` (the management API's list)."""
