@@ -1,4 +1,8 @@
-"""A small schema-driven fuzzer for the management API, generated from its OpenAPI document.
+"""A small schema-driven fuzzer, generated from an OpenAPI document: the management API's
+(tests/management/test_isolation.py uses :meth:`Fuzzer.cases` whole) and the wallet-facing
+one's (tests/sep12/test_public_schema_fuzz.py builds its cases from the parts:
+:meth:`Fuzzer.fill_path`, :meth:`Fuzzer.path_segments`, :meth:`Fuzzer.query_values`,
+:meth:`Fuzzer.violations`, :meth:`Fuzzer.body_mutations`).
 
 No hypothesis/schemathesis: for every documented operation, :func:`cases` starts from a valid
 baseline request (path parameters from real ids, a request body given by the caller) and makes
@@ -46,6 +50,19 @@ JUNK_STRINGS = ("", "abc", "-5", "1.5", "1e999", "NaN", "99999999999999999999", 
 JUNK_BODIES: tuple[bytes, ...] = (b"{", b"[]", b"null", b"\"x\"", b"\xff\xfe", b"{\"a\": NaN}",
                                   json.dumps({"a": [[[[[]]]]]}).encode(),
                                   b"{" * 5000 + b"}" * 5000, b"1" * 400)
+#: Text a string schema accepts but a server may choke on: NUL, RTL override, lone
+#: surrogate, BOM, fullwidth digits, 100 kB, injection-looking strings (reliability-plan B3).
+HOSTILE_TEXT = ("", " ", "\x00", "a\x00b", "\u202eevil", "שלום", "😀" * 3, "\ud800", "\u2028",
+                "Zoë", "\ufeffx", "\uff11\uff12", "x" * 100_000, "\r\n\r\n", "<script>",
+                "' OR 1=1 --", "{\"$ne\": null}", "%00", "\\", "null", "true", "-0", "1e999",
+                "18446744073709551616", "../../etc/passwd", "$where")
+#: Names that address server-owned state or look like query operators (reliability-plan B4).
+OPERATOR_KEYS = ("$set", "$ne", "$where", "first_name[$gt]", "__proto__", "__class__",
+                 "constructor", "status", "_id", "tenant", "tenant_id", "created_at",
+                 "provided_fields", "fields", "first_name.$", "x" * 300)
+#: Values that look like query operators (never a valid string).
+OPERATOR_VALUES: tuple[Any, ...] = ({"$gt": ""}, {"$ne": None}, {"$regex": ".*"},
+                                    {"$where": "1"}, ["$in", []], 2**63, -(2**63) - 1)
 #: Values tried against a schema; the ones it accepts are dropped.
 _PROBES: tuple[Any, ...] = (None, True, 0, 7, -1, 1.5, 10**30, "", "x", "!!", [], {},
                             ["x"], {"zz": 1})
@@ -64,8 +81,10 @@ class Case:
 class Fuzzer:
     """Builds cases from a management OpenAPI document."""
 
-    def __init__(self, doc: Mapping[str, Any]) -> None:
+    def __init__(self, doc: Mapping[str, Any], probes: tuple[Any, ...] = ()) -> None:
+        """``probes``: more values to try against every schema (besides the built-in ones)."""
         self.doc = doc
+        self.probes = (*_PROBES, *probes)
         resource = Resource.from_contents(dict(doc), default_specification=DRAFT202012)
         self.registry: Registry = Registry().with_resource(DOC_URI, resource)
 
@@ -87,7 +106,7 @@ class Fuzzer:
                    limit: int = 5) -> list[Any]:
         """Values ``schema`` rejects (a sample of at most ``limit``)."""
         s = self.resolve(schema)
-        found = [v for v in (*_PROBES, *_edges(s)) if not self.accepts(s, v)]
+        found = [v for v in (*self.probes, *_edges(s)) if not self.accepts(s, v)]
         unique = list({json.dumps(v, sort_keys=True): v for v in found}.values())
         return rng.sample(unique, min(limit, len(unique)))
 
@@ -102,23 +121,15 @@ class Fuzzer:
         rng = random.Random(zlib.crc32(str(op.get("operationId", template)).encode()))
         params = self.parameters(op)
         raw = json.dumps(body).encode() if body is not None else None
-
-        def path_with(**override: str) -> str:
-            path = template
-            for p in params:
-                if p["in"] == "path":
-                    value = override.get(p["name"], quote(path_values[p["name"]], safe=""))
-                    path = path.replace("{" + p["name"] + "}", value)
-            return path
-
-        base = path_with()
+        base = self.fill_path(template, op, path_values)
         for p in params:
             if p["in"] == "path":
-                for segment in self._segments(p, rng):
+                for segment in self.path_segments(p, rng):
                     yield Case(f"path {p['name']}={segment[:40]}", method,
-                               path_with(**{p["name"]: segment}), raw)
+                               self.fill_path(template, op, path_values,
+                                              **{p["name"]: segment}), raw)
             elif p["in"] == "query":
-                for value in self._query_values(p, rng):
+                for value in self.query_values(p, rng):
                     query = f"?{p['name']}={quote(value, safe='')}"
                     yield Case(f"query {p['name']}={value[:40]!r}", method, base + query, raw)
                 yield Case(f"query {p['name']} twice", method,
@@ -134,7 +145,19 @@ class Fuzzer:
             for label, mutated in rng.sample(mutations, min(40, len(mutations))):
                 yield Case(f"body {label}", method, base, json.dumps(mutated).encode())
 
-    def _segments(self, param: Mapping[str, Any], rng: random.Random) -> list[str]:
+    def fill_path(self, template: str, op: Mapping[str, Any], path_values: Mapping[str, str],
+                  **override: str) -> str:
+        """``template`` with its path parameters: ``override`` (already encoded) or, for the
+        others, ``path_values`` percent-encoded."""
+        path = template
+        for p in self.parameters(op):
+            if p["in"] == "path":
+                value = override.get(p["name"], quote(path_values[p["name"]], safe=""))
+                path = path.replace("{" + p["name"] + "}", value)
+        return path
+
+    def path_segments(self, param: Mapping[str, Any], rng: random.Random) -> list[str]:
+        """Junk (percent-encoded) values of one path parameter."""
         schema = self.resolve(param.get("schema", {}))
         picked = rng.sample(JUNK_SEGMENTS, 6)
         if "enum" in schema:
@@ -142,7 +165,8 @@ class Fuzzer:
                        if isinstance(v, str) and v]
         return [s for s in picked if s]
 
-    def _query_values(self, param: Mapping[str, Any], rng: random.Random) -> list[str]:
+    def query_values(self, param: Mapping[str, Any], rng: random.Random) -> list[str]:
+        """Junk (raw) values of one query parameter, enum misses included."""
         schema = self.resolve(param.get("schema", {}))
         values = list(rng.sample(JUNK_STRINGS, 5))
         if "enum" in schema:

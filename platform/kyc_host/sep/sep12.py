@@ -22,6 +22,7 @@ the body is read (kyc_host/ratelimit); ``GET /customer`` is not limited.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable
 
@@ -29,6 +30,7 @@ from tornado.web import stream_request_body
 
 from kyc_host.errors import ApiError
 from kyc_host.ratelimit import web as limits
+from kyc_host.ratelimit.pacing import upload_pacer
 from kyc_host.sep import sep9
 from kyc_host.sep.sep10_tokens import Identity, bearer_token, verify_token
 from kyc_host.sep.sep12_body import (
@@ -55,6 +57,9 @@ class Sep12Handler(BaseHandler):
 
     identity: Identity
     _buffer: BodyBuffer | None = None
+    #: Methods whose bodies are uploads, metered by ``limits.upload_bytes_per_second``.
+    paced_methods: frozenset[str] = frozenset()
+    _admitted = 0  # declared bytes of this request still queued in its tenant's share
 
     def body_limit(self) -> int:
         """The most body bytes this request may carry (endpoints without files: 64 KiB)."""
@@ -67,22 +72,74 @@ class Sep12Handler(BaseHandler):
         token = bearer_token(self.request.headers.get("Authorization"))
         self.identity = verify_token(self.tenant, token)
         self._buffer = BodyBuffer(self.body_limit(), self.request.headers.get("Content-Length"))
+        if self.request.method in self.paced_methods:
+            self._admit_upload()
 
-    def data_received(self, chunk: bytes) -> None:
+    def compute_etag(self) -> None:
+        """No ETag: answers are one customer's current state, sent ``Cache-Control: no-store``,
+        so nothing may keep them to revalidate. Tornado's default hashed every GET body
+        (SHA-1) and matched If-None-Match (``*`` turned any GET into an empty 304): ~2% of a
+        GET /customer's CPU for no use (BENCHMARKS.md)."""
+        return None
+
+    def check_etag_header(self) -> bool:
+        return False  # no ETag, so no conditional answer (and no If-None-Match parsing)
+
+    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
         if self._buffer is None or self._finished:
-            return
+            return None
         keep_reading = self._buffer.add(chunk)
         if self._buffer.overflowed and (not keep_reading or self.request.method == "GET"):
             # Answer now; Tornado stops handing us the rest and closes the connection.
             # (Below the drain cap, PUT/POST/DELETE answer 413 from body() instead.)
             self._refuse(too_large(self._buffer.limit))
+            return None
+        if self.request.method in self.paced_methods and not self._buffer.overflowed:
+            return self._pace(len(chunk))
+        return None
+
+    def _admit_upload(self) -> None:
+        """Queue this upload's declared length in its tenant's bandwidth share, or refuse it
+        (429) before any byte is read if it could not arrive within half the body timeout
+        (ratelimit/pacing.py)."""
+        length = self.request.headers.get("Content-Length", "")
+        declared = int(length) if length.isdigit() else 0  # BodyBuffer refused the others
+        upload_pacer(self.tenant).admit(declared, self.services.settings.body_timeout_seconds / 2)
+        self._admitted = declared
+
+    def _release_upload(self) -> None:
+        if self._admitted:
+            upload_pacer(self.tenant).release(self._admitted)
+            self._admitted = 0
+
+    def on_finish(self) -> None:
+        self._release_upload()
+        super().on_finish()
+
+    def on_connection_close(self) -> None:
+        self._release_upload()
+        super().on_connection_close()
+
+    def _pace(self, size: int) -> Awaitable[None] | None:
+        """Hold the upload back while its tenant is over ``upload_bytes_per_second``
+        (ratelimit/pacing.py); Tornado reads no more of this body until the pause ends."""
+        pacer = upload_pacer(self.tenant)
+        arrived = min(size, self._admitted)
+        pacer.release(arrived)
+        self._admitted -= arrived
+        wait = pacer.take(size)
+        if wait <= 0:
+            return None
+        self.services.metrics.upload_paced.labels(self.tenant.id).inc(wait)
+        return asyncio.sleep(wait)
 
     def _refuse(self, error: ApiError) -> None:
         self.log_exception(type(error), error, None)
         self.send_error(error.status, exc_info=(type(error), error, None))
 
     def body(self) -> Body:
-        raw = b"" if self._buffer is None else self._buffer.getvalue()
+        """The parsed body (each handler reads it once; the raw bytes are released here)."""
+        raw = b"" if self._buffer is None else self._buffer.take()
         return parse_body(self.request.headers.get("Content-Type"), raw, file_names=FILE_PARTS)
 
     def query(self) -> dict[str, str]:
@@ -91,11 +148,14 @@ class Sep12Handler(BaseHandler):
     @property
     def sep12(self) -> Sep12Service:
         services = self.services
-        return service_for(self.tenant, services.store, services.settings, services.http)
+        return service_for(self.tenant, services.store, services.settings, services.http,
+                           services.metrics)
 
 
 class CustomerHandler(Sep12Handler):
     """SEP-12 §GET /customer and §PUT /customer."""
+
+    paced_methods = frozenset({"PUT"})
 
     cors_methods = "GET, PUT"
 
@@ -156,6 +216,8 @@ class DeleteHandler(Sep12Handler):
 
 class FilesHandler(Sep12Handler):
     """SEP-12 §/customer/files: upload one file (POST), list by file or customer (GET)."""
+
+    paced_methods = frozenset({"POST"})
 
     cors_methods = "GET, POST"
 

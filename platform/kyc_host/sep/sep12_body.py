@@ -65,11 +65,14 @@ class BodyBuffer:
         self._data += chunk
         return True
 
-    def getvalue(self) -> bytes:
-        """The body; raises PayloadTooLarge if it was over the limit."""
+    def take(self) -> bytes:
+        """The body, once: the buffer is emptied, so a big upload is not held twice while
+        it waits for the store. Raises PayloadTooLarge if it was over the limit."""
         if self.overflowed:
             raise too_large(self.limit)
-        return bytes(self._data)
+        value = bytes(self._data)
+        self._data = bytearray()
+        return value
 
 
 def too_large(limit: int) -> PayloadTooLarge:
@@ -153,7 +156,7 @@ def _json_text(name: str, value: Any) -> str:
     """SEP-9 values are text; JSON numbers are accepted and kept as their decimal text."""
     _check_name(name)
     if isinstance(value, str):
-        return value
+        return _utf8_text(name, value)
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     if isinstance(value, float) and math.isfinite(value):
@@ -161,6 +164,18 @@ def _json_text(name: str, value: Any) -> str:
     if isinstance(value, dict | list):
         raise BadRequest(f"{safe_name(name)}: nested objects and arrays are not accepted")
     raise BadRequest(f"{safe_name(name)}: expected a text value")
+
+
+def _utf8_text(name: str, value: str) -> str:
+    """``value`` if it (and ``name``) is Unicode text. A JSON escape can spell a lone
+    surrogate (``"\\ud800"``), which is not: any later ``.encode()`` (a text memo's byte
+    length, encryption) would raise, a 500. Refused as a form's invalid UTF-8 is."""
+    try:
+        name.encode("utf-8")
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(f"{safe_name(name)}: not valid UTF-8 text") from None
+    return value
 
 
 def _parse_form(content_type: str, raw: bytes) -> dict[str, list[bytes]]:

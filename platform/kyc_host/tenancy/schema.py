@@ -87,6 +87,10 @@ DEFAULT_PLUGIN_WORKERS = 2
 DEFAULT_MAX_CUSTOMERS_PER_ACCOUNT = 10_000
 #: Files one identity (account + memo) may have stored, attached or awaiting attachment.
 DEFAULT_MAX_FILES_PER_IDENTITY = 50
+#: Upload body bytes per second one tenant may send to one server process (ratelimit/pacing.py):
+#: a 10 MB document in 2.5 s, while a tenant flooding uploads keeps most of the CPU free
+#: for the others (BENCHMARKS.md, noisy neighbour).
+DEFAULT_UPLOAD_BYTES_PER_SECOND = 4 * MIB
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +103,7 @@ class Limits:
     rates: RateLimits = field(default_factory=RateLimits)
     max_customers_per_account: int = DEFAULT_MAX_CUSTOMERS_PER_ACCOUNT
     max_files_per_identity: int = DEFAULT_MAX_FILES_PER_IDENTITY
+    upload_bytes_per_second: int = DEFAULT_UPLOAD_BYTES_PER_SECOND
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,8 +351,11 @@ def _limits(table: Table) -> Limits:
                                   min=1, max=10_000_000)
     max_files = table.integer("max_files_per_identity", DEFAULT_MAX_FILES_PER_IDENTITY,
                               min=1, max=100_000)
+    upload_rate = table.integer("upload_bytes_per_second", DEFAULT_UPLOAD_BYTES_PER_SECOND,
+                                min=64 * 1024, max=1024 * MIB)
     table.finish()
-    return Limits(max_file, max_request, types, timeout, rates, max_customers, max_files)
+    return Limits(max_file, max_request, types, timeout, rates, max_customers, max_files,
+                  upload_rate)
 
 
 def _plugin_isolation(table: Table) -> PluginIsolation:
