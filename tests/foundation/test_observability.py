@@ -40,6 +40,7 @@ from callbacks.cb_helpers import (
 )
 from conftest import MakeServer, RunningServer, _CanaryHandler
 from kyc_host.logs import JsonFormatter
+from kyc_host.management.auth import create_token
 from sep10.sep10_helpers import HorizonStub, sign
 from sep10.sep10_helpers import Wallet as AuthWallet
 from sep12.sep12_helpers import ALICE, Wallet, kyc_doc
@@ -311,6 +312,27 @@ async def test_request_id_header_tags_every_line_of_its_request(
     loggers = {e["logger"] for e in lines}
     assert {"kyc_host.plugins.moody", "kyc_host.hooks", "kyc_host.access"} <= loggers
     assert len({e["request_id"] for e in lines}) == 1
+
+
+async def test_admin_lines_of_a_tenant_route_name_that_tenant(
+        make_server: MakeServer, json_log: io.StringIO) -> None:
+    srv = await make_server(kyc_doc("t1", ["a.test"]), kyc_doc("t2", ["b.test"]))
+    issued = await create_token(srv.services.store, tenant_id="t1",
+                                scopes=["customers:read"], created_by="test")
+
+    def admin_get(path: str) -> Awaitable[Any]:
+        return srv.fetch("127.0.0.1", path, admin=True,
+                         headers={"Authorization": f"Bearer {issued.token}"})
+
+    headers, lines = await served(json_log, lambda: admin_get("/api/v1/tenants/t1/customers"))
+    access = [e for e in lines if e["logger"] == "kyc_host.access"]
+    assert access, lines
+    assert all(e["tenant"] == "t1" for e in access), lines
+    assert all(e["request_id"] == headers["X-Request-Id"] for e in lines)
+    # Another tenant's route: 404, and nothing logged under that tenant's name.
+    _, lines = await served(json_log, lambda: admin_get("/api/v1/tenants/t2/customers"))
+    assert lines
+    assert all(e.get("tenant") != "t2" for e in lines), lines
 
 
 async def raw_request(srv: RunningServer, head: bytes) -> tuple[int, dict[str, str]]:

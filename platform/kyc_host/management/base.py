@@ -26,6 +26,7 @@ from kyc_host.errors import (
     PayloadTooLarge,
     Unauthorized,
 )
+from kyc_host.logs import bind_request
 from kyc_host.management.auth import Principal, authenticate
 from kyc_host.web.admin import AdminHandler
 
@@ -80,6 +81,8 @@ class ManagementHandler(AdminHandler):
             raise Forbidden("this route needs an operator token")
         if not principal.has(scope):
             raise Forbidden(f"this token lacks the {scope} scope")
+        if tenant_id is not None:
+            bind_request(self.request_id, tenant_id)  # the rest of its lines name the tenant
 
     def json_body(self) -> dict[str, Any]:
         """The request body as a JSON object; 400/413 naming the problem otherwise."""
