@@ -84,6 +84,7 @@ from bench_server import (  # noqa: E402
     ServerProcess,
     children,
     cpu_seconds,
+    machine_busy_seconds,
     mongo_server,
     storage_url,
 )
@@ -586,11 +587,17 @@ async def noisy_round(server: ServerProcess, noise: Noise, b_tokens: list[str],
                                              flood_seconds, 1000 * (1 + len(phase.rounds))))
     await asyncio.sleep(1.0)
     server0, plugins0 = cpu_seconds(server.supervisor), children_cpu(server.supervisor)
+    machine0 = machine_busy_seconds()[0]
     load = os.getloadavg()[0]
     latencies, statuses = await measure_b(server.public_port, b_tokens, opts.seconds,
                                           opts.clients)
-    cpu = {"server_cpu_s": round(cpu_seconds(server.supervisor) - server0, 2),
-           "plugin_workers_cpu_s": round(children_cpu(server.supervisor) - plugins0, 2)}
+    server_s = cpu_seconds(server.supervisor) - server0
+    plugins_s = children_cpu(server.supervisor) - plugins0
+    # Everything else that ran: the load generators (wrk, the noise worker, this process's
+    # B clients and paced PUTs) on the same cores -- CPU the victim could not have.
+    others_s = machine_busy_seconds()[0] - machine0 - server_s - plugins_s
+    cpu = {"server_cpu_s": round(server_s, 2), "plugin_workers_cpu_s": round(plugins_s, 2),
+           "load_generators_cpu_s": round(others_s, 2)}
     client_side: dict[str, Any] = ({"hang": {}, "uploads": {}, "upload_seconds": []}
                                    if worker is None else await worker.stop())
     results = dict(zip(running, await asyncio.gather(*running.values()), strict=True))
@@ -775,7 +782,8 @@ def print_table(report: dict[str, Any]) -> None:
         say(f"  round {index + 1}: quiet p95 {q['p95_ms']} ms (load "
             f"{q['load_average_1m']:.1f}), noisy p95 {n['p95_ms']} ms (load "
             f"{n['load_average_1m']:.1f}); server CPU {n['server_cpu_s']} s, plugin workers "
-            f"CPU {n['plugin_workers_cpu_s']} s")
+            f"CPU {n['plugin_workers_cpu_s']} s, load generators and the rest "
+            f"{n.get('load_generators_cpu_s', '?')} s")
 
 
 def main(argv: list[str] | None = None) -> int:
