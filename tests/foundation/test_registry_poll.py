@@ -25,18 +25,13 @@ from kyc_host.tenancy.service import TenantService
 
 class RecordingService(TenantService):
     """The real TenantService; ``read`` lists the ids of each read of whole records after
-    the first load (by id, or every record of the window as the poll did before)."""
+    the first load."""
 
     read: list[list[str]]
 
     async def records(self, tenant_ids: Sequence[str]) -> list[dict[str, Any]]:
         self.read.append(sorted(tenant_ids))
         return await super().records(tenant_ids)
-
-    async def updated_since(self, timestamp: float) -> list[dict[str, Any]]:
-        found = await super().updated_since(timestamp)
-        self.read.append(sorted(str(r["_id"]) for r in found))
-        return found
 
 
 @pytest.fixture

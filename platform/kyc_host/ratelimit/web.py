@@ -10,6 +10,7 @@ their edge, and for load tests that send everything from one address).
 from __future__ import annotations
 
 from kyc_host.ratelimit.client_ip import client_ip
+from kyc_host.ratelimit.config import Rate
 from kyc_host.ratelimit.limiter import event_key
 from kyc_host.web.base import BaseHandler
 
@@ -48,19 +49,25 @@ async def limit(handler: BaseHandler, name: str, subject: str | None = None) -> 
 
 async def check_failed_logins(handler: BaseHandler) -> None:
     """Refuse a login attempt from a client that used up its failed logins (no write)."""
-    tenant, services = handler.tenant, handler.services
-    rate = tenant.config.limits.rates.get(FAILED_LOGINS)
-    if rate is None or not services.settings.rate_limits:
-        return
-    key = event_key(tenant.secrets.index_key, FAILED_LOGINS, client_address(handler))
-    await services.limiter.check_failures(services.store, tenant.id, FAILED_LOGINS, rate, key)
+    if (found := _failed_logins(handler)) is not None:
+        rate, key = found
+        services = handler.services
+        await services.limiter.check_failures(services.store, handler.tenant.id, FAILED_LOGINS,
+                                              rate, key)
 
 
 async def record_failed_login(handler: BaseHandler) -> None:
     """Count one failed login of this client."""
-    tenant, services = handler.tenant, handler.services
+    if (found := _failed_logins(handler)) is not None:
+        rate, key = found
+        services = handler.services
+        await services.limiter.record_failure(services.store, handler.tenant.id, rate, key)
+
+
+def _failed_logins(handler: BaseHandler) -> tuple[Rate, str] | None:
+    """The tenant's failed-login rate and this client's key for it (None: not limited)."""
+    tenant = handler.tenant
     rate = tenant.config.limits.rates.get(FAILED_LOGINS)
-    if rate is None or not services.settings.rate_limits:
-        return
-    key = event_key(tenant.secrets.index_key, FAILED_LOGINS, client_address(handler))
-    await services.limiter.record_failure(services.store, tenant.id, rate, key)
+    if rate is None or not handler.services.settings.rate_limits:
+        return None
+    return rate, event_key(tenant.secrets.index_key, FAILED_LOGINS, client_address(handler))

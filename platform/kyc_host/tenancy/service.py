@@ -178,9 +178,6 @@ class TenantService:
     async def all_records(self) -> list[dict[str, Any]]:
         return await self.tenants.find({})
 
-    async def updated_since(self, timestamp: float) -> list[dict[str, Any]]:
-        return await self.tenants.find({"updated_at": gte(timestamp)})
-
     async def revisions_since(self, timestamp: float) -> list[dict[str, Any]]:
         """``_id``, ``rev`` and ``status`` of the records updated at or after ``timestamp``:
         what the registry's poll needs to tell which records changed, without reading (and
