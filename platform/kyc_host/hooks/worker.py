@@ -9,10 +9,14 @@ framed JSON (hooks/wire.py) on its stdin/stdout, which it moves to private descr
 so a plugin's ``print`` goes to stderr instead of corrupting the protocol.
 
 1. It arranges to be killed when the server process dies (Linux ``PR_SET_PDEATHSIG``), so a
-   worker never outlives the server even after ``kill -9``.
+   worker never outlives the server even after ``kill -9``, and enters a network namespace
+   of its own with no usable interface (hooks/confine.py): no egress, not even to the store.
 2. It reads ``init`` (plugin name, plugins directory, the tenant document, memory cap), caps
-   its own address space (``RLIMIT_AS``), imports the plugin and answers ``ready`` with the
-   hooks the plugin overrides, or ``failed``.
+   its own address space (``RLIMIT_AS``), Landlocks its filesystem view to Python and the
+   plugins directory (hooks/confine.py: no settings, keys, store files or ``/proc``), imports
+   the plugin and answers ``ready`` with the hooks the plugin overrides, or ``failed``. A
+   confinement step the kernel refuses is reported right after ``ready`` as a warning
+   ``log`` line (the platform logs it under the tenant at the first call).
 3. It then runs ``call`` messages, one at a time (the platform never sends a second before the
    first is answered), and answers ``done``. The plugin's context is the in-process one minus
    everything it could not hold here: ``ctx.customers`` and ``ctx.http`` are forwarded to the
@@ -37,7 +41,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from kyc_host.hooks import wire
+from kyc_host.hooks import confine, wire
 from kyc_host.hooks.context import CustomersView, TenantContext, TenantHttp, TenantLog
 from kyc_host.hooks.contract import CustomerData, CustomerHooks, HookRejected
 from kyc_host.hooks.loader import PluginError, load_plugin_class
@@ -166,18 +170,26 @@ def private_pipes() -> tuple[int, int]:
 
 
 class Worker:
-    def __init__(self, channel: Channel) -> None:
+    def __init__(self, channel: Channel, unconfined: list[str] | None = None) -> None:
         self.channel = channel
         self.hooks = CustomerHooks()
         self.ctx: TenantContext | None = None
+        #: Confinement steps the kernel refused (reported to the platform after ``ready``).
+        self.unconfined = unconfined if unconfined is not None else []
 
     def start(self, init: Mapping[str, Any]) -> None:
-        """Cap memory, import the plugin and build its context; raises PluginError."""
+        """Cap memory, confine the filesystem, import the plugin and build its context;
+        raises PluginError."""
         limit = int(init["memory_bytes"])
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         config = parse_tenant(init["document"], "tenant (plugin worker)")
         plugin = str(init["plugin"])
-        self.hooks = load_plugin_class(plugin, Path(init["plugins_dir"]))()
+        plugins_dir = Path(init["plugins_dir"])
+        try:  # before the plugin's code runs, including its module body
+            confine.restrict_filesystem(plugins_dir)
+        except OSError as exc:  # ConfinementError, or a root that vanished meanwhile
+            self.unconfined.append(f"filesystem not restricted ({exc.strerror or exc})")
+        self.hooks = load_plugin_class(plugin, plugins_dir)()
         logger = logging.getLogger(f"kyc_host.plugins.{plugin}")
         logger.addHandler(ForwardLogs(self.channel))
         logger.setLevel(logging.DEBUG)
@@ -185,6 +197,12 @@ class Worker:
         http = RemoteHttp(self.channel) if init.get("http") else None
         self.ctx = TenantContext(config.id, config, RemoteCustomers(self.channel),
                                  TenantLog(logger, {"tenant": config.id}), http)
+
+    def report_unconfined(self) -> None:
+        for problem in self.unconfined:
+            self.channel.send({"op": "log", "level": logging.WARNING, "extra": {},
+                               "msg": f"plugin worker {os.getpid()} runs with weaker "
+                                      f"isolation: {problem}"})
 
     def overridden(self) -> list[str]:
         return [n for n in HOOK_NAMES
@@ -229,7 +247,7 @@ class Worker:
             os._exit(1)
 
 
-async def run(in_fd: int, out_fd: int) -> int:
+async def run(in_fd: int, out_fd: int, unconfined: list[str]) -> int:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=wire.MAX_MESSAGE_BYTES)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
@@ -238,7 +256,7 @@ async def run(in_fd: int, out_fd: int) -> int:
     init = await channel.receive()
     if init is None or init.get("op") != "init":
         return 2
-    worker = Worker(channel)
+    worker = Worker(channel, unconfined)
     try:
         worker.start(init)
     except (PluginError, MemoryError, Exception) as exc:
@@ -246,15 +264,21 @@ async def run(in_fd: int, out_fd: int) -> int:
         channel.send({"op": "failed", "error": detail[:2000]})
         return 1
     channel.send({"op": "ready", "overrides": worker.overridden()})
+    worker.report_unconfined()  # after ready: the platform reads only ``ready`` first
     await worker.serve()
     return 0
 
 
 def main(argv: list[str]) -> int:
     die_with_parent(int(argv[1]))
+    unconfined: list[str] = []
+    try:  # now, while the process has one thread (asyncio may start others)
+        confine.isolate_network()
+    except OSError as exc:  # ConfinementError, or the uid/gid maps could not be written
+        unconfined.append(f"network not isolated ({exc.strerror or exc})")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when we stop
     in_fd, out_fd = private_pipes()
-    return asyncio.run(run(in_fd, out_fd))
+    return asyncio.run(run(in_fd, out_fd, unconfined))
 
 
 if __name__ == "__main__":
