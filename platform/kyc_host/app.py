@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
-from tornado.netutil import bind_sockets
+from tornado.netutil import Resolver, bind_sockets
 from tornado.web import Application
 
 from kyc_host.callbacks.worker import CallbackWorker
@@ -52,8 +52,9 @@ def init_keys(settings: PlatformSettings, environ: Mapping[str, str] | None) -> 
                              dev_mode=settings.dev_mode, environ=environ)
 
 
-async def init_store(settings: PlatformSettings) -> Store:
-    store = open_store(settings.storage_url)
+async def init_store(settings: PlatformSettings, store: Store | None = None) -> Store:
+    """Start ``store`` (default: the one ``settings.storage_url`` names)."""
+    store = open_store(settings.storage_url) if store is None else store
     try:
         await store.start()
     except StoreUnavailable as exc:
@@ -87,13 +88,22 @@ async def build_services(
     *,
     environ: Mapping[str, str] | None = None,
     apply_tenant_files: bool = True,
+    resolver: Resolver | None = None,
+    store: Store | None = None,
 ) -> Services:
-    """Run the start-up steps; raises ConfigError or StoreUnavailable with a clear message."""
+    """Run the start-up steps; raises ConfigError or StoreUnavailable with a clear message.
+
+    ``resolver`` replaces the system's name resolution under the outbound address check
+    (tests: a scripted DNS); the check itself (net/addresses.py) is not optional.
+    ``store``: an opened, not yet started store to use instead of the one
+    ``settings.storage_url`` names (tests attach an observer: a statement trace, a command
+    listener).
+    """
     import os
 
     env = os.environ if environ is None else environ
     keys = init_keys(settings, env)
-    store = await init_store(settings)
+    store = await init_store(settings, store)
     try:
         tenants = TenantService(store, keys, env)
         if apply_tenant_files:
@@ -105,7 +115,7 @@ async def build_services(
         raise
     return Services(settings=settings, store=store, keys=keys, tenants=tenants,
                     registry=registry, http=SafeHttpClient(
-                        dev_mode=settings.dev_mode,
+                        dev_mode=settings.dev_mode, resolver=resolver,
                         static_hosts={name: (ip, port)
                                       for name, ip, port in settings.dev_static_hosts}))
 

@@ -33,6 +33,13 @@ def bind_request(request_id: str, tenant: str | None) -> None:
     _REQUEST.set((tenant, request_id))
 
 
+def current_request() -> tuple[str | None, str] | None:
+    """(tenant id or None, request id) bound by :func:`bind_request` in the running context,
+    or None outside any request (background jobs). Lets observers (store traces in tests)
+    attribute work to the request it was done for."""
+    return _REQUEST.get()
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {

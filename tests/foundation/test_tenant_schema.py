@@ -135,6 +135,15 @@ REJECTIONS: list[tuple[str, Callable[[Doc], None], str, str]] = [
     ("bad-signing-key-env", _set("signing_key_env", "lower"), "signing_key_env", "'lower'"),
     ("bad-horizon", _set("horizon_url", "ftp://h"), "horizon_url", "'ftp://h'"),
     ("bad-jwt-algorithm", _set("sep10/jwt_algorithm", "none"), "sep10.jwt_algorithm", "'none'"),
+    # Reliability-plan A1/A3: tokens live at most 24 h, challenges at most 15 min.
+    ("jwt-lifetime-over-a-day", _set("sep10/jwt_lifetime_seconds", 86401),
+     "sep10.jwt_lifetime_seconds", "86401"),
+    ("jwt-lifetime-under-a-minute", _set("sep10/jwt_lifetime_seconds", 59),
+     "sep10.jwt_lifetime_seconds", "59"),
+    ("challenge-timeout-over-15-minutes", _set("sep10/challenge_timeout_seconds", 901),
+     "sep10.challenge_timeout_seconds", "901"),
+    ("challenge-timeout-under-30-seconds", _set("sep10/challenge_timeout_seconds", 29),
+     "sep10.challenge_timeout_seconds", "29"),
 ]
 
 
@@ -166,6 +175,13 @@ def test_named_networks() -> None:
     assert parse_tenant(base_doc() | {"network": "public"}, "t").network_passphrase == PUBLIC
     assert parse_tenant(base_doc() | {"network": PUBLIC}, "t").horizon_url == (
         "https://horizon.stellar.org")
+
+
+def test_sep10_lifetimes_at_their_limits_are_accepted() -> None:
+    doc = base_doc() | {"sep10": {"jwt_lifetime_seconds": 86400,
+                                  "challenge_timeout_seconds": 900}}
+    sep10 = parse_tenant(doc, "t").sep10
+    assert (sep10.jwt_lifetime_seconds, sep10.challenge_timeout_seconds) == (86400, 900)
 
 
 def test_home_domain_of_exactly_59_bytes_is_accepted(tmp_path: Path) -> None:

@@ -11,39 +11,28 @@ from __future__ import annotations
 import random
 import uuid
 from collections.abc import Awaitable, Callable
+from functools import partial
 
-from conftest import MakeServer, RunningServer
-from kyc_host.store.base import Doc
+from conftest import MakeServer
+from sep12.isolation_helpers import Probe, id_probes, raw_customer
 from sep12.sep12_helpers import ALICE, PNG, Reply, Wallet, two_kyc_tenants
 
 Attempt = Callable[[], Awaitable[Reply]]
 
 
-async def raw_customer(srv: RunningServer, tenant_id: str, customer_id: str) -> Doc | None:
-    return await srv.services.store.tenant(tenant_id, "customers").find_one({"_id": customer_id})
+async def send(wallet: Wallet, probe: Probe) -> Reply:
+    return await wallet.call(probe.method, probe.target,
+                             body=None if probe.method == "GET" else probe.body,
+                             headers=dict(probe.headers))
 
 
 def attempts(victim_id: str, victim_file: str,
              attackers: list[Wallet]) -> list[tuple[str, Attempt]]:
-    """(kind, request) pairs: "404" expects the body of a customer id that never existed,
-    "404file" that of a file id that never existed, "empty" an empty file list."""
-    out: list[tuple[str, Attempt]] = []
-    for wallet in attackers:
-        w = wallet
-        out += [
-            ("404", lambda w=w: w.get(id=victim_id)),
-            ("404", lambda w=w: w.get(id=victim_id, type="individual")),
-            ("404", lambda w=w: w.put({"id": victim_id, "first_name": "Mallory"})),
-            ("404", lambda w=w: w.put_form({"id": victim_id, "last_name": "Mallory"})),
-            ("404", lambda w=w: w.call("PUT", "/kyc/customer/callback", json_body={
-                "id": victim_id, "url": "https://evil.test/cb"})),
-            ("404", lambda w=w: w.call("PUT", "/kyc/customer/verification", json_body={
-                "id": victim_id, "mobile_number_verification": "123456"})),
-            ("empty", lambda w=w: w.files(customer_id=victim_id)),
-            ("empty", lambda w=w: w.files(file_id=victim_file)),
-            ("404file", lambda w=w: w.put({"photo_id_front_file_id": victim_file})),
-        ]
-    return out
+    """(kind, request) pairs: every id-taking request (isolation_helpers.id_probes) by every
+    attacker. "404" expects the body of a customer id that never existed, "404file" that of
+    a file id that never existed, "empty" an empty file list."""
+    return [(probe.expect, partial(send, wallet, probe))
+            for wallet in attackers for probe in id_probes(victim_id, victim_file)]
 
 
 async def test_1000_attempts_on_foreign_ids_all_fail_alike(make_server: MakeServer) -> None:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from urllib.parse import urlsplit
 
+from kyc_host.errors import ConfigError
 from kyc_host.tenancy.reader import Table
 
 #: Tenant webhook event types (the SEP-12 callback is not one: it goes to the wallet).
@@ -40,6 +41,9 @@ DEFAULT_MAX_ATTEMPTS = 20
 MIN_ATTEMPTS = 8
 MAX_URL_CHARS = 2000
 MAX_WEBHOOKS = 10
+#: Shortest HMAC secret used to sign webhooks (192 bits): shorter ones are refused at apply
+#: (:func:`check_webhook_secrets`) and never used by the worker.
+MIN_SECRET_BYTES = 24
 _ENV_NAME = r"[A-Z_][A-Z0-9_]{0,127}"
 _DOMAIN = re.compile(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?(:[0-9]{1,5})?")
 
@@ -117,6 +121,24 @@ def parse_webhooks(top: Table) -> tuple[WebhookEndpoint, ...]:
     if len(endpoints) > MAX_WEBHOOKS:
         raise top.error("webhooks", f"at most {MAX_WEBHOOKS} endpoints")
     return tuple(endpoints)
+
+
+def check_webhook_secrets(endpoints: tuple[WebhookEndpoint, ...], environ: Mapping[str, str],
+                          source: str) -> None:
+    """Refuse a webhook secret variable that is set but shorter than MIN_SECRET_BYTES
+    (reliability-plan A3: short secrets are refused up front, not only skipped at delivery).
+
+    An unset variable passes: the serving processes may hold it while the applying process
+    does not, and delivery waits (retrying) until it is set. The value is never shown.
+    """
+    for index, endpoint in enumerate(endpoints):
+        for key in ("secret_env", "previous_secret_env"):
+            name = getattr(endpoint, key)
+            size = len(environ.get(name, "").encode()) if name else 0
+            if 0 < size < MIN_SECRET_BYTES:
+                raise ConfigError(source, f"webhooks[{index}].{key}",
+                                  f"environment variable {name} holds {size} bytes; a webhook "
+                                  f"secret needs at least {MIN_SECRET_BYTES}")
 
 
 def _url(table: Table, key: str) -> str:

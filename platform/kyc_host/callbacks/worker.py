@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kyc_host.callbacks import events as ev
+from kyc_host.callbacks.config import MIN_SECRET_BYTES
 from kyc_host.callbacks.outbox import WAKE_EVERY, Outbox, woken_tenants
 from kyc_host.callbacks.retry import Backoff, plan, retry_after
 from kyc_host.callbacks.signing import sep12_signature, webhook_signature
@@ -64,7 +65,6 @@ WAKE_MARGIN = 5.0  # seconds of clock skew tolerated between processes' wake-up 
 LEASE_SKEW = 5.0  # seconds of clock skew tolerated between a lease's holder and others
 RECORD_GRACE = 2.0  # a record's own writer relays its events; the sweeper waits this long
 MAX_RESPONSE_BYTES = 64 * 1024  # a receiver's answer is read (to reuse the connection), not kept
-MIN_SECRET_BYTES = 24
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,11 +103,12 @@ class CallbackWorker:
         self.base = settings.callbacks_retry_base_seconds
         self.max_delay = settings.callbacks_retry_max_seconds
         self.metrics = services.callback_metrics
-        # The platform's safe client (same SSRF rules, same dev-mode switch), in its own
+        # The platform's safe client (same SSRF rules, dev-mode switch and resolver), in its own
         # instance: hanging receivers then fill only the callbacks' connection pool and
         # per-tenant slots, never the ones SEP-10 client_domain fetches and plugins use.
-        self.http = SafeHttpClient(dev_mode=services.http.dev_mode, per_key_limit=PER_TENANT,
-                                   max_clients=MAX_CONNECTIONS)
+        self.http = SafeHttpClient(dev_mode=services.http.dev_mode,
+                                   resolver=services.http.resolver,
+                                   per_key_limit=PER_TENANT, max_clients=MAX_CONNECTIONS)
         self._rng = random.Random()  # noqa: S311 - retry jitter, not a secret
         self._main: asyncio.Task[None] | None = None
         self._drains: dict[str, asyncio.Task[None]] = {}

@@ -136,6 +136,13 @@ class SafeHttpClient:
         self._max_clients = max_clients
         self._client: SimpleAsyncHTTPClient | None = None
 
+    @property
+    def resolver(self) -> Resolver | None:
+        """The name resolver under the address check (None: the system's). Another client
+        for untrusted URLs is built with it (callbacks/worker.py), so that every outbound
+        path resolves the same way: a resolver injected for a test covers them all."""
+        return self._inner_resolver
+
     def _http(self) -> SimpleAsyncHTTPClient:
         # Created on first use so it binds to the running event loop.
         if self._client is None:

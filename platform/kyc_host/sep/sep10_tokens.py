@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ from kyc_host.tenancy.registry import Tenant
 MAX_MEMO = 2**64 - 1
 _REQUIRED_CLAIMS = ["iss", "sub", "iat", "exp", "jti", "home_domain"]
 _CACHE_SIZE = 10_000
+#: RFC 6750 §2.1 b64token: no whitespace, comma or quote can pass for part of a token.
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +177,10 @@ def _verify(tenant: Tenant, token: str) -> Identity:
         claims = jwt.decode(
             token, key, algorithms=[algorithm], issuer=tenant.web_auth_endpoint,
             options={"require": _REQUIRED_CLAIMS, "verify_aud": False}, leeway=5)
+        if not all(_is_numeric_date(claims[name]) for name in ("iat", "exp", "nbf")
+                   if name in claims):
+            # RFC 7519 §2: a NumericDate is a JSON number; PyJWT also takes "1700000000".
+            raise jwt.InvalidTokenError("iat/exp/nbf is not a NumericDate")
         account, memo, muxed = parse_sub(str(claims["sub"]))
         if claims["home_domain"] not in tenant.home_domains:
             raise jwt.InvalidTokenError("home_domain not served by this tenant")
@@ -187,11 +194,21 @@ def _verify(tenant: Tenant, token: str) -> Identity:
         jti=str(claims["jti"]), expires_at=int(claims["exp"]))
 
 
+def _is_numeric_date(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def bearer_token(authorization: str | None) -> str:
-    """The token of an ``Authorization: Bearer <token>`` header; Unauthorized otherwise."""
+    """The token of an ``Authorization: Bearer <token>`` header; Unauthorized otherwise.
+
+    RFC 7235 §2.1: the scheme is case-insensitive and one or more spaces (never a tab)
+    separate it from the token, an RFC 6750 b64token: no whitespace or comma, so a second
+    credential (two headers, which Tornado joins with ",") is refused, not guessed at.
+    """
     if not authorization:
         raise Unauthorized("authentication required: send Authorization: Bearer <SEP-10 JWT>")
     scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not token or " " in token or "," in token:
+    token = token.lstrip(" ")
+    if scheme.lower() != "bearer" or not _B64TOKEN.fullmatch(token):
         raise Unauthorized("malformed Authorization header: expected Bearer <SEP-10 JWT>")
     return token

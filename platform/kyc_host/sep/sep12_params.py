@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 from stellar_sdk import MuxedAccount, StrKey
 
 from kyc_host.errors import BadRequest, Forbidden, NotFound
+from kyc_host.net.addresses import is_public_address
 from kyc_host.sep.sep10_tokens import Identity
 from kyc_host.tenancy.schema import TenantConfig
 
@@ -266,4 +267,6 @@ def _is_local(host: str) -> bool:
         # A bare name only resolves inside a private network; digits-and-dots or hex that
         # is not a standard address is an IP in disguise (127.1, 0x7f.1): refused too.
         return "." not in host or _NUMERIC_HOST.fullmatch(host.lower()) is not None
-    return not address.is_global
+    # The outbound client's own test, not ``is_global``: that one passes IPv6 forms which
+    # embed an IPv4 address (NAT64 64:ff9b::7f00:1, 6to4, ::7f00:1) that delivery refuses.
+    return not is_public_address(address)

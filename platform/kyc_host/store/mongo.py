@@ -33,6 +33,7 @@ from pymongo.errors import (
 from pymongo.errors import (
     DuplicateKeyError as MongoDuplicateKeyError,
 )
+from pymongo.monitoring import CommandListener
 
 from kyc_host.store.base import (
     Cmp,
@@ -126,8 +127,12 @@ _errors = _Errors()
 
 
 class MongoStore(Store):
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, listeners: Sequence[CommandListener] = ()) -> None:
+        """``listeners``: PyMongo command listeners given to the client ``start`` creates
+        (PyMongo takes them only when a client is built). They see every command this store
+        sends, in the task that sends it. For tests and diagnosis: keep them cheap."""
         self.url = url
+        self._listeners = tuple(listeners)
         path = urlsplit(url).path.strip("/")
         self.db_name = path or "kyc_host"
         self._client: AsyncMongoClient[Doc] | None = None
@@ -150,6 +155,7 @@ class MongoStore(Store):
             timeoutMS=_TIMEOUT_MS,
             retryWrites=True,
             tz_aware=True,
+            event_listeners=self._listeners,
         )
         await self.ping()
         await self._create_indexes(None, "platform")

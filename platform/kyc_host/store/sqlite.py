@@ -24,6 +24,9 @@ Threads and the event loop:
     ``CHECKPOINT_EVERY`` inline commits a passive checkpoint runs on the writer thread.
   Whatever did not finish inline is rolled back and done again on the reader or writer
   thread, which wait and report errors as before: same results, same exclusivity.
+
+Thread work runs in the caller's context (contextvars), so what a store thread does for a
+request (log lines, a ``trace``) is attributed to that request as inline work is.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import contextvars
 import fcntl
 import json
 import os
@@ -194,9 +198,19 @@ def _done(loop: asyncio.AbstractEventLoop, value: T) -> asyncio.Future[T]:
     return future
 
 
+#: Observer of executed statements: called with each statement's text as SQLite runs it.
+StatementTrace = Callable[[str], None]
+
+
 class SqliteStore(Store):
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, trace: StatementTrace | None = None) -> None:
+        """``trace``: registered with ``sqlite3``'s ``set_trace_callback`` on every connection
+        this store opens (inline, reader and writer threads), so it sees every statement
+        that runs, with bound parameters shown expanded, on the thread that runs it (in the
+        caller's context). For tests and diagnosis: it is called with the GIL held on the
+        hot path, so it must be cheap and must not raise."""
         self.url = url
+        self._trace = trace
         self.path = Path(url.removeprefix("sqlite:///"))
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-write")
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="sqlite-read")
@@ -219,6 +233,8 @@ class SqliteStore(Store):
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
+        if self._trace is not None:
+            conn.set_trace_callback(self._trace)
         return conn
 
     def _conn(self) -> sqlite3.Connection:
@@ -336,7 +352,10 @@ class SqliteStore(Store):
                 # "database is locked" past the busy timeout, disk I/O errors, a vanished file.
                 raise StoreUnavailable(f"sqlite: {exc}") from None
 
-        return await asyncio.get_running_loop().run_in_executor(pool, call)
+        # In a copy of the caller's context: the thread's log lines and traces name the
+        # request they work for (logs.bind_request), as the inline path's do.
+        context = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(pool, context.run, call)
 
     def read(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
         return asyncio.ensure_future(self._run(self._reader, fn))

@@ -23,6 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stellar_sdk import Keypair
+
+from kyc_host.callbacks.config import check_webhook_secrets
 from kyc_host.crypto.master import KeyProvider
 from kyc_host.errors import ConfigError
 from kyc_host.store.base import DuplicateKeyError, Store, gt, gte, in_, nin
@@ -93,6 +96,7 @@ class TenantService:
         existing = {d.config.id: await self.tenants.find_one({"_id": d.config.id}) for d in docs}
         for doc in docs:
             await self._check(doc, existing[doc.config.id])
+        await self._check_signing_keys(docs)
         return [await self._write(doc, existing[doc.config.id]) for doc in docs]
 
     async def _check(self, doc: TenantDocument, current: Mapping[str, Any] | None) -> None:
@@ -115,6 +119,38 @@ class TenantService:
         if new and cfg.signing_key_env and env_seed is None:
             raise ConfigError(doc.source, "signing_key_env",
                               f"environment variable {cfg.signing_key_env} is not set")
+        check_webhook_secrets(cfg.webhooks, self.environ, doc.source)
+
+    async def _check_signing_keys(self, docs: Sequence[TenantDocument]) -> None:
+        """Refuse a signing seed from the environment that another tenant also uses
+        (reliability-plan A3): one SEP-10 key would sign both tenants' challenges, so a
+        challenge of one would verify at the other.
+
+        Only environment seeds need the check (generated seeds are random). Compared with the
+        batch and with every live tenant's current and still-valid previous keys, as they
+        will be after this apply. Not exclusive against a concurrent apply of another process.
+        """
+        wanted: dict[str, TenantDocument] = {}  # public key -> the document taking it
+        for doc in docs:
+            seed = seed_from_env(doc.config.signing_key_env, self.environ, doc.source)
+            if seed is None:
+                continue
+            other = wanted.setdefault(Keypair.from_secret(seed).public_key, doc)
+            if other.config.id != doc.config.id:
+                raise _shared_key(doc, other.config.id)
+        if not wanted:
+            return
+        now = time.time()
+        for record in await self.list_all():
+            secrets = unwrap_secrets(self.keys, record["_id"], record["secrets"])
+            keys = {Keypair.from_secret(p.seed).public_key
+                    for p in secrets.signing_previous if p.until > now}
+            if not any(d.config.id == record["_id"] for d in wanted.values()):
+                keys.add(secrets.signing_keypair.public_key)  # kept: no new seed replaces it
+            for public in keys:
+                taker = wanted.get(public)
+                if taker is not None and taker.config.id != record["_id"]:
+                    raise _shared_key(taker, record["_id"])
 
     async def _write(self, doc: TenantDocument, current: Mapping[str, Any] | None) -> ApplyResult:
         cfg = doc.config
@@ -227,6 +263,12 @@ class TenantService:
         await self.hosts.delete_many({"tenant": tenant_id})
         await self.store.drop_tenant(tenant_id)
         return current
+
+
+def _shared_key(doc: TenantDocument, owner: str) -> ConfigError:
+    return ConfigError(doc.source, "signing_key_env",
+                       f"environment variable {doc.config.signing_key_env} holds the signing key "
+                       f"of tenant {owner!r}; each tenant needs its own SEP-10 signing key")
 
 
 def _check_batch(docs: Sequence[TenantDocument]) -> None:
