@@ -25,6 +25,7 @@ from tornado.web import Application
 from kyc_host.callbacks.worker import CallbackWorker
 from kyc_host.crypto.master import KeyProvider, load_key_provider
 from kyc_host.hooks.isolation import close_pools
+from kyc_host.looplag import LoopLagProbe
 from kyc_host.net import SafeHttpClient
 from kyc_host.retention.purge import PurgeLoop
 from kyc_host.services import Services
@@ -152,6 +153,8 @@ class Server:
     callbacks: CallbackWorker | None = None
     #: Shreds erased customers whose retention period is over (one per process).
     purge: PurgeLoop | None = None
+    #: Measures event-loop stalls into /metrics (looplag.py; one per process).
+    loop_lag: LoopLagProbe | None = None
 
     def start(self, public: list[socket.socket], admin: list[socket.socket]) -> None:
         for app, sockets in ((make_public_app(self.services), public),
@@ -169,6 +172,9 @@ class Server:
         self.callbacks.start()
         self.purge = PurgeLoop(self.services, self.services.settings.purge_interval_seconds)
         self.purge.start()
+        self.loop_lag = LoopLagProbe(self.services.metrics)
+        self.loop_lag.start()
+        self.services.loop_lag = self.loop_lag
 
     async def stop(self, grace_seconds: float) -> None:
         """Stop accepting, wait (bounded) for in-flight requests, close everything.
@@ -192,6 +198,9 @@ class Server:
         for server in self.http_servers:
             await server.close_all_connections()
         await background
+        # Measured through the drain (a stall there delays in-flight requests too).
+        if self.loop_lag is not None:
+            self.loop_lag.stop()
         # Running key jobs release their leases; their checkpoints let the next run resume.
         await self.services.key_jobs.stop()
         await self.services.registry.stop()

@@ -63,8 +63,10 @@ class TooManyRequests(ApiError):
 
 class LimitExceeded(TooManyRequests):
     """A tenant limit (``limits.<limit>``) is used up; counted per tenant and limit in
-    ``kyc_rate_limited``. Rates send ``Retry-After``; quotas (which free up only when data
-    is deleted) do not."""
+    ``kyc_rate_limited``. Rates send ``Retry-After``; quotas do not: they free up when the
+    client deletes or replaces data (or, for files, when its unattached uploads expire a
+    day later), so no wait would make the same request succeed and a Retry-After would only
+    invite automatic retries (RFC 6585 §4 makes it optional)."""
 
     def __init__(self, limit: str, message: str, *, retry_after: int | None = None) -> None:
         headers = None if retry_after is None else {"Retry-After": str(retry_after)}

@@ -28,6 +28,8 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: event created -> delivered: from an immediate delivery to a day of retries.
 CALLBACK_LATENCY_BUCKETS = (0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0, 86400.0)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+#: how late the event loop ran a timer (looplag.py); 0.1 s is the F8/L5 stall limit.
+LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
 def multiprocess() -> bool:
@@ -83,6 +85,18 @@ class Metrics:
             "kyc_callback_events_pending", "Callback and webhook events not yet delivered, "
             "dead-lettered or disabled, by tenant (as last seen by the worker).", ["tenant"],
             multiprocess_mode="max", registry=registry)
+        self.loop_lag = Histogram(
+            "kyc_event_loop_lag_seconds", "How late the event loop ran a periodic timer "
+            "(a stall delays it by about the stall's length).", buckets=LOOP_LAG_BUCKETS,
+            registry=registry)
+        # Since the process started, never reset by a scrape (looplag.py says why); across
+        # workers the largest of them.
+        self.loop_lag_max = Gauge(
+            "kyc_event_loop_lag_max_seconds", "Largest event-loop lag since the process "
+            "started.", multiprocess_mode="max", registry=registry)
+        self.requests_shed = Counter(
+            "kyc_requests_shed_total", "Public requests refused with 503 because the event "
+            "loop was behind by more than overload_lag_seconds.", registry=registry)
         self.tenants = Gauge(
             "kyc_tenants_loaded", "Tenants this process serves.", multiprocess_mode="max",
             registry=registry)

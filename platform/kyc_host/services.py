@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from kyc_host.callbacks.metrics import CallbackMetrics
 from kyc_host.crypto.background import KeyJobs
 from kyc_host.crypto.master import KeyProvider
+from kyc_host.looplag import LoopLagProbe
 from kyc_host.management.auth import TokenCache
 from kyc_host.metrics import Metrics
 from kyc_host.net import HorizonClient, SafeHttpClient
@@ -71,6 +72,9 @@ class Services:
     #: Key jobs (rotate-kek, reindex) started through the management API in this process.
     key_jobs: KeyJobs = field(default_factory=KeyJobs)
     draining: bool = False
+    #: This process's event-loop lag probe (looplag.py), set by Server.start; public
+    #: requests are shed while it is behind by more than ``overload_lag_seconds``.
+    loop_lag: LoopLagProbe | None = None
 
     def __post_init__(self) -> None:
         self.callback_metrics.bind(self.metrics)

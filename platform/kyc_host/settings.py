@@ -68,6 +68,9 @@ class PlatformSettings:
     header_timeout_seconds: float = 10.0
     idle_timeout_seconds: float = 60.0
     body_timeout_seconds: float = 60.0
+    # Public requests are refused (503 + Retry-After) while the event loop is this many
+    # seconds behind (looplag.py); 0 disables shedding.
+    overload_lag_seconds: float = 0.5
     # Dev mode only: host names the outbound client sends to a local address instead of
     # resolving them (net/safe_http.py static_hosts), as (name, ip, port).
     dev_static_hosts: tuple[tuple[str, str, int], ...] = ()
@@ -248,6 +251,9 @@ SETTINGS: tuple[Setting, ...] = (
             "How long a connection may wait for its next request's headers (keep-alive idle)."),
     Setting("body_timeout_seconds", _seconds(0.05, 3600), 60.0,
             "Total time a request body may take to arrive; a slower body is cut unread."),
+    Setting("overload_lag_seconds", _seconds(0.01, 60, zero=True), 0.5,
+            "Shed load: public requests get 503 + Retry-After while this process's event loop "
+            "is this many seconds behind (0: never shed)."),
     Setting("dev_static_hosts", _parse_static_hosts, [],
             "Dev mode only: \"name=IP:PORT\" entries; outbound fetches of https://name/ "
             "(client_domain's stellar.toml) go to IP:PORT over plain HTTP (local stand-ins)."),

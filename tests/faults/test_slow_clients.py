@@ -30,6 +30,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import MakeServer, RunningServer, make_tenant_doc
 from faults.deploy import Deployment, connect
@@ -303,18 +304,31 @@ async def _figures(deployment: Deployment, srv: RunningServer, held: list[Stream
     await asyncio.sleep(0.5)
     after_rss, after_sockets = _rss_kib(pid), _sockets(pid)
     files = await srv.services.store.tenant("t1", "files").count({})
+    lag = await _loop_lag(srv)
     print(f"\nL5 figures (serve pid {pid}, load {os.getloadavg()[0]:.2f}): "  # noqa: T201
           f"baseline {base_sockets} sockets / {base_rss} KiB RSS; "
           f"{IDLE} idle keep-alive: {idle_sockets} sockets / {idle_rss} KiB "
           f"(+{idle_rss - base_rss} KiB, {(idle_rss - base_rss) * 1024 // IDLE} B each); "
           f"+{TRICKLING} uploads trickling at 1 KB/s: {busy_sockets} sockets / {busy_rss} KiB; "
           f"after the idle ({sum(closed)} closed) and body ({sum(cut)} cut) timeouts: "
-          f"{after_sockets} sockets / {after_rss} KiB; files stored: {files}")
+          f"{after_sockets} sockets / {after_rss} KiB; files stored: {files}; "
+          f"event-loop lag: max {lag['max'] * 1000:.1f} ms, {lag['over']:.0f} of "
+          f"{lag['count']:.0f} probes > 100 ms")
     assert idle_sockets >= IDLE
     assert all(closed)
     assert all(cut)
     assert files == 0
     assert after_sockets <= base_sockets + 5
+
+
+async def _loop_lag(srv: RunningServer) -> dict[str, float]:
+    """The serve process's event-loop lag figures from its /metrics (looplag.py)."""
+    text = (await srv.fetch("localhost", "/metrics", admin=True)).body.decode()
+    values = {s.name + s.labels.get("le", ""): s.value
+              for family in text_string_to_metric_families(text) for s in family.samples}
+    count = values.get("kyc_event_loop_lag_seconds_count", 0.0)
+    return {"max": values.get("kyc_event_loop_lag_max_seconds", 0.0), "count": count,
+            "over": count - values.get("kyc_event_loop_lag_seconds_bucket0.1", 0.0)}
 
 
 async def _trickle_upload(port: int, wallet: Wallet) -> bool:

@@ -108,6 +108,8 @@ async def test_files_per_identity_quota(make_server: MakeServer) -> None:
     over = await alice.upload(png_of_size(300, 3))
     assert over.status == 429
     assert "limits.max_files_per_identity" in over.json["error"]
+    # No Retry-After: a quota is freed by the client (deleting, replacing), not by waiting.
+    assert "Retry-After" not in over.headers
     assert refused_count(srv, "t1", "max_files_per_identity") == 1
     over_put = await alice.put_multipart([("first_name", "Alice", None),
                                           ("photo_id_front", png_of_size(300, 4), "f.png")])
@@ -138,6 +140,7 @@ async def test_customers_per_account_quota(make_server: MakeServer) -> None:
     over = await shared.other(memo=3).put(ALICE)
     assert over.status == 429
     assert "limits.max_customers_per_account" in over.json["error"]
+    assert "Retry-After" not in over.headers
     assert refused_count(srv, "t1", "max_customers_per_account") == 1
     assert (await shared.other(memo=3).get()).json["status"] == "NEEDS_INFO"  # not created
     # Existing customers keep working; other accounts and tenants are unaffected.

@@ -72,8 +72,21 @@ class BaseHandler(RequestHandler):
         # known): reliability-plan B8. prepare() runs in the request's own task.
         bind_request(self.request_id, None)
         if self.resolves_tenant:
+            self._shed_if_overloaded()
             self._tenant = self._resolve_tenant()
             bind_request(self.request_id, self._tenant.id)
+
+    def _shed_if_overloaded(self) -> None:
+        """503 + Retry-After while this process's loop is behind by more than
+        ``overload_lag_seconds`` (looplag.py; reliability-plan L2). Wallet routes only: the
+        admin listener (metrics, readiness, operators) is always served. The answer costs a
+        fraction of serving the request, so an overloaded process works off its backlog
+        instead of letting every client run into its timeout."""
+        limit = self.services.settings.overload_lag_seconds
+        probe = self.services.loop_lag
+        if limit and probe is not None and probe.current_lag() > limit:
+            self.services.metrics.requests_shed.inc()
+            raise ServiceUnavailable("server overloaded; retry later", retry_after=1)
 
     def _resolve_tenant(self) -> Tenant:
         tenant = self.services.registry.for_host(self.request.host_name)
