@@ -23,7 +23,9 @@ Graceful drain (reliability-plan F9: no request that began before SIGTERM is cut
 :meth:`ServingHTTPServer.drain` stops the listeners -- first accepting the connections the
 kernel already completed, which closing the socket would otherwise reset -- then waits until
 no connection is inside a request (from its first byte to the end of its response), and
-closes the idle keep-alive connections left. Until then an idle keep-alive connection may
+closes the idle keep-alive connections left -- but not before :data:`IDLE_GRACE_SECONDS`
+have passed, so that a client using its keep-alive connection gets one more request through
+rather than a close racing its next request. Until then an idle keep-alive connection may
 still carry one more request (a load balancer's, or a readiness probe that sees 503): every
 response sent while draining carries ``Connection: close``, so no client sends another
 request on a connection that is about to close.
@@ -49,6 +51,24 @@ DRAIN_POLL_SECONDS = 0.05
 #: While draining, a connection accepted this recently that has sent nothing yet is given
 #: this long to send its request (its client connected before the listeners closed).
 FRESH_GRACE_SECONDS = 1.0
+#: While draining, idle keep-alive connections stay open this long for one more request,
+#: which is answered with "Connection: close" (the client then reconnects: through a load
+#: balancer, to another replica). Closing them at once cut requests that clients had just
+#: sent on them -- a reset or EOF instead of an answer, measured in a rolling restart at
+#: 100 req/s (tests/faults/test_rolling_restart.py). A drain ends sooner once every
+#: connection has closed; only a client idle longer than this sees a close while idle.
+IDLE_GRACE_SECONDS = 1.0
+#: What Tornado writes, without a body, when a request line or header block cannot be parsed
+#: (``HTTP1Connection._read_message_inner``; tornado 6.x) ...
+TORNADO_BARE_400 = b"HTTP/1.1 400 Bad Request\r\n\r\n"
+_MALFORMED_BODY = (b'{"error": "malformed HTTP request: the request line or a header could not be '
+                   b'parsed (control characters, a bad header line, or a bad Content-Length '
+                   b'or Transfer-Encoding)"}')
+#: ... and what the client gets instead: the same status with a JSON error, like every other
+#: refusal of this server. The connection is closed after it, as Tornado does.
+JSON_400 = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json; charset=UTF-8\r\n"
+            b"Content-Length: " + str(len(_MALFORMED_BODY)).encode() + b"\r\n"
+            b"Connection: close\r\n\r\n" + _MALFORMED_BODY)
 
 
 class _ConnState:
@@ -111,6 +131,10 @@ class ServingHTTPServer(HTTPServer):
         self._sweeper: asyncio.Task[None] | None = None
 
     # --- connection tracking ---
+
+    def handle_stream(self, stream: Any, address: Any) -> None:
+        _json_parse_errors(stream)
+        super().handle_stream(stream, address)
 
     def start_request(self, server_conn: object,
                       request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
@@ -204,11 +228,16 @@ class ServingHTTPServer(HTTPServer):
         for state in self._states.values():
             if state.busy and isinstance(state.request, HTTP1Connection):
                 state.request._disconnect_on_finish = True
-        while any(self._in_request(c, time.monotonic()) for c in self._connections):
-            if time.monotonic() >= deadline:
+        idle_until = time.monotonic() + IDLE_GRACE_SECONDS
+        while self._connections:
+            now = time.monotonic()
+            busy = any(self._in_request(c, now) for c in self._connections)
+            if not busy and now >= min(idle_until, deadline):
+                break
+            if now >= deadline:
                 return False
             await asyncio.sleep(DRAIN_POLL_SECONDS)
-        # Nothing in a request: what is left is idle keep-alive connections.
+        # Nothing in a request: what is left is idle keep-alive connections, past their grace.
         for server_conn in list(self._connections):
             server_conn.stream.close()
         return True
@@ -221,6 +250,20 @@ class ServingHTTPServer(HTTPServer):
                 await self._sweeper
             self._sweeper = None
         await super().close_all_connections()
+
+
+def _json_parse_errors(stream: Any) -> None:
+    """Make ``stream`` send :data:`JSON_400` where Tornado sends its bare 400. Tornado
+    writes that answer from inside its HTTP/1 parser, before any handler exists, with one
+    ``stream.write`` of exactly those bytes; nothing else this server writes starts with a
+    status line without headers, so the match is exact."""
+    write = stream.write
+
+    def json_write(data: bytes | memoryview) -> Any:
+        bare = len(data) == len(TORNADO_BARE_400) and bytes(data) == TORNADO_BARE_400
+        return write(JSON_400 if bare else data)
+
+    stream.write = json_write
 
 
 def _accept_all_then_close(sock: socket.socket) -> list[tuple[socket.socket, Any]]:
