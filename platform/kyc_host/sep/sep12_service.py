@@ -94,7 +94,7 @@ class _Changes:
 
     submitted: dict[str, str]  # canonical name -> validated value, as sent in this PUT
     values: dict[str, str]  # the submitted values that differ from the stored ones
-    uploads: dict[str, tuple[bytes, str]]  # binary field -> (contents, media type)
+    uploads: dict[str, tuple[bytes, str, str]]  # binary field -> (contents, media, digest)
     linked: dict[str, FileInfo]  # binary field -> an existing file now referenced
     codes: dict[str, str]  # field -> new verification code to issue
     verified: set[str]  # fields whose submitted code was right
@@ -192,7 +192,8 @@ class Sep12Service:
         stored_format = None if record is None else record.fields.get("mobile_number_format")
         values = validate_values(put, self.collected, stored_format,
                                  self.config.customer_types[type_name])
-        uploads = {n: (d, check_upload(n, d, self.config.limits)) for n, d in put.uploads.items()}
+        uploads = {n: (d, check_upload(n, d, self.config.limits), await self.files.digest(d))
+                   for n, d in put.uploads.items()}
         linked = {n: await self._linkable_file(identity, record, fid)
                   for n, fid in put.file_ids.items()}
         current = {} if record is None else await self._file_infos(record)
@@ -200,7 +201,7 @@ class Sep12Service:
             submitted=values,
             values={n: v for n, v in values.items() if record is None or record.fields.get(n) != v},
             uploads={n: u for n, u in uploads.items()
-                     if not _same_file(record, current, n, self.files.digest(u[0]))},
+                     if not _same_file(record, current, n, u[2])},
             linked={n: f for n, f in linked.items()
                     if record is None or record.files.get(n) != f.id},
             codes={}, verified=set())
@@ -273,7 +274,8 @@ class Sep12Service:
             infos = await self._file_infos(record)
             files = {n: file_ref(infos[f]) for n, f in record.files.items() if f in infos}
         files.update({n: file_ref(f) for n, f in changes.linked.items()})
-        files.update({n: FileRef(None, media, len(d)) for n, (d, media) in changes.uploads.items()})
+        files.update({n: FileRef(None, media, len(d))
+                      for n, (d, media, _) in changes.uploads.items()})
         ctype = self.config.customer_types[type_name]
         missing = tuple(n for n in ctype.required
                         if canonical(n) not in data and canonical(n) not in files)
@@ -306,11 +308,11 @@ class Sep12Service:
         owner = params.token_principal(identity)
         if identity.client_domain:  # selects the tenant's default callback URL for this wallet
             record.client_domain = identity.client_domain
-        for name, (data, media) in changes.uploads.items():
+        for name, (data, media, digest) in changes.uploads.items():
             info = await self.files.create(
                 data, media, owner_ix=self.customers.identity_index(owner.key),
                 account_ix=self.customers.account_index(owner.account), customer_id=record.id,
-                attached=True, owner_key=owner.key)
+                attached=True, owner_key=owner.key, digest=digest)
             record.files[name] = info.id
         for name, info in changes.linked.items():
             record.files[name] = info.id
@@ -442,7 +444,7 @@ class Sep12Service:
         try:
             if file_id:
                 info = await self.files.get(params.check_file_id(file_id))
-                if info is not None and await self._file_visible(identity, info):
+                if await self._file_visible(identity, info) and info is not None:
                     found = [info]
             elif customer_id and await self._token_reaches(
                     identity, params.check_customer_id(customer_id)):
@@ -515,11 +517,17 @@ class Sep12Service:
         return identity.memo is None and info.account_ix in self.customers.account_indexes(
             identity.account)
 
-    async def _file_visible(self, identity: Identity, info: FileInfo) -> bool:
-        if self._uploaded_by(identity, info):
+    async def _file_visible(self, identity: Identity, info: FileInfo | None) -> bool:
+        """Whether the caller may see file ``info`` (None: no such file). Every file that is
+        not the caller's own upload costs one customer lookup, whether it exists or not, so
+        the answer's timing does not tell a stranger that a file id exists (reliability-plan
+        A8: the lookup made "exists, not yours" ~2 ms slower than "never existed" on MongoDB,
+        tests/benchmarks/bola_timing.py)."""
+        if info is not None and self._uploaded_by(identity, info):
             return True
-        return info.customer_id is not None and await self._token_reaches(identity,
-                                                                          info.customer_id)
+        owner = None if info is None else info.customer_id
+        reaches = await self._token_reaches(identity, owner or new_id())
+        return owner is not None and reaches
 
     async def _check_transaction(self, transaction_id: str | None,
                                  record: CustomerRecord | None) -> None:
