@@ -39,7 +39,7 @@ from kyc_host.hooks import (
     PutRequest,
     wire,
 )
-from kyc_host.hooks.isolation import pools_of
+from kyc_host.hooks.isolation import NICENESS, pools_of
 from kyc_host.settings import PlatformSettings
 from kyc_host.store.schema import COLLECTIONS
 from kyc_host.tenancy.schema import parse_tenant
@@ -157,6 +157,14 @@ def alive(pid: int) -> bool:
     return True
 
 
+def autogroup_nice(pid: int) -> int | None:
+    """The nice of ``pid``'s scheduler autogroup ("/autogroup-N nice K"); None without."""
+    try:
+        return int(Path(f"/proc/{pid}/autogroup").read_text().split()[-1])
+    except OSError:
+        return None
+
+
 def worker_pids(srv: RunningServer) -> set[int]:
     return {pid for pool in pools_of(srv.services.store) for pid in pool.pids}
 
@@ -185,6 +193,10 @@ async def test_untrusted_demo_plugin_decides_end_to_end(make_server: MakeServer,
     # The plugin ran in a worker process of t1, not in the server; t2 (in-process) has none.
     assert len(worker_pids(srv)) == 1
     assert all(pid != os.getpid() and alive(pid) for pid in worker_pids(srv))
+    # At the lowest CPU priority, its scheduler group included (where the kernel has groups).
+    for pid in worker_pids(srv):
+        assert os.getpriority(os.PRIO_PROCESS, pid) == NICENESS
+        assert autogroup_nice(pid) in (None, NICENESS)
     other = Wallet(srv, "b.test", "t2")
     assert (await other.put(ALICE)).status == 202
     assert (await other.get()).json["status"] == "PROCESSING"  # t2 accepts no domain
