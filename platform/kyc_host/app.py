@@ -15,7 +15,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
@@ -39,6 +39,11 @@ from kyc_host.web.routes import admin_routes, public_routes
 from kyc_host.web.serving import ServingHTTPServer
 
 log = logging.getLogger(__name__)
+#: Shutdown steps after the drain share this many seconds past the drain's deadline; one
+#: that has not finished when they are up is abandoned (logged). Each gets at least
+#: MIN_STEP_SECONDS. With the default 20 s grace a stop ends within about 23 s (F9: 25 s).
+STEP_BUDGET_SECONDS = 3.0
+MIN_STEP_SECONDS = 0.5
 
 #: Tornado's own cap on a request body; each tenant's lower limits are enforced by handlers
 #: (Tornado answers a bare 400 above this cap, so keep it above every tenant limit).
@@ -195,18 +200,22 @@ class Server:
         if not (all(drained) and idle):
             log.warning("shutdown timeout: %d requests still in flight",
                         self.services.inflight.count)
+        # Each step after the drain is bounded too: a request whose handler never ends (Tornado
+        # waits for every connection's serving loop) or a dependency that does not answer
+        # must not keep the process from exiting (F9: within 25 s of SIGTERM).
+        end = deadline + STEP_BUDGET_SECONDS
         for server in self.http_servers:
-            await server.close_all_connections()
-        await background
+            await _bounded(server.close_all_connections(), end, "closing connections")
+        await _bounded(background, end, "stopping callbacks and purge")
         # Measured through the drain (a stall there delays in-flight requests too).
         if self.loop_lag is not None:
             self.loop_lag.stop()
         # Running key jobs release their leases; their checkpoints let the next run resume.
-        await self.services.key_jobs.stop()
-        await self.services.registry.stop()
+        await _bounded(self.services.key_jobs.stop(), end, "stopping key jobs")
+        await _bounded(self.services.registry.stop(), end, "stopping tenant refresh")
         # Untrusted plugins' worker processes end with the server (hooks/isolation.py).
-        await close_pools(self.services.store)
-        await self.services.store.close()
+        await _bounded(close_pools(self.services.store), end, "stopping plugin workers")
+        await _bounded(self.services.store.close(), end, "closing the store")
         self.services.http.close()
         self.services.horizon.close()
 
@@ -357,3 +366,16 @@ def _supervise(settings: PlatformSettings, workers: int,
             continue
         spawn(index)
     return 0
+
+
+async def _bounded(step: Awaitable[object], end: float, what: str) -> None:
+    """Await a shutdown step until ``end`` (a ``time.monotonic()`` value, at least
+    MIN_STEP_SECONDS from now); past that, log and go on (the process is exiting: whatever
+    the step held is released with it)."""
+    seconds = max(MIN_STEP_SECONDS, end - time.monotonic())
+    try:
+        async with asyncio.timeout(seconds):
+            await step
+    except TimeoutError:
+        log.warning("shutdown: %s did not finish within %.1f s; going on without it", what,
+                    seconds)

@@ -108,3 +108,24 @@ async def test_store_frozen_then_back(
         if time.monotonic() > end:
             pytest.fail("tenant applied after recovery not served within 5 s")
         await asyncio.sleep(0.05)
+
+
+async def test_stop_completes_while_the_store_is_frozen(
+    make_server: MakeServer, private_ferretdb: FerretDB
+) -> None:
+    # SIGTERM during a database outage: every shutdown step that talks to the store (the
+    # callback worker, the tenant refresh, closing the client) is bounded, so the process
+    # still gets to exit (F9). The bound here is liveness (stop returns), not a figure.
+    srv = await make_server(make_tenant_doc("t1", ["a.test"]))
+    assert (await srv.fetch("localhost", "/readyz", admin=True)).code == 200
+    process = private_ferretdb.process
+    assert process is not None
+    process.send_signal(signal.SIGSTOP)
+    try:
+        pending = asyncio.ensure_future(srv.fetch("localhost", "/readyz", admin=True))
+        await asyncio.sleep(0.2)  # a request is waiting on the frozen store
+        srv.client.close()
+        await asyncio.wait_for(srv.server.stop(1.0), 60)
+        pending.cancel()
+    finally:
+        process.send_signal(signal.SIGCONT)
