@@ -69,6 +69,9 @@ PLATFORM = ""  # the tenant column value of platform-wide rows
 INLINE_BUDGET_SECONDS = 0.002
 #: Documents larger than this (file chunks) are written on the writer thread.
 INLINE_MAX_DOC_CHARS = 64 * 1024
+#: Work that waited longer than this for its thread is refused (StoreUnavailable) unrun, like
+#: a MongoDB operation past the client's timeoutMS (4 s; reliability-plan: 503 within 5 s).
+QUEUE_TIMEOUT_SECONDS = 4.0
 #: Inline commits between two passive WAL checkpoints on the writer thread.
 CHECKPOINT_EVERY = 500
 _OPS = {"lt": "<", "lte": "<=", "gt": ">", "gte": ">=", "ne": "IS NOT"}
@@ -343,7 +346,14 @@ class SqliteStore(Store):
             raise _NotInline()
 
     async def _run(self, pool: ThreadPoolExecutor, fn: Callable[[sqlite3.Connection], T]) -> T:
+        queued_at = time.monotonic()
+
         def call() -> T:
+            if time.monotonic() - queued_at > QUEUE_TIMEOUT_SECONDS:
+                # Queued behind other work for too long (an overloaded writer): refused before
+                # it runs, so nothing is half-done, and the request answers 503 + Retry-After
+                # as with an unreachable MongoDB, instead of running into client timeouts.
+                raise StoreUnavailable(f"sqlite: busy (waited over {QUEUE_TIMEOUT_SECONDS:g} s)")
             try:
                 return fn(self._conn())
             except sqlite3.IntegrityError as exc:
