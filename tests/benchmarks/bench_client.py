@@ -133,11 +133,7 @@ async def login(conn: Connection, host: str, keypair: Keypair, *,
     t1 = time.perf_counter()
     if answer.status != 200:
         raise HttpError(f"GET /auth on {host}: {answer.status} {answer.body[:300]!r}")
-    challenge = answer.json()
-    envelope = TransactionEnvelope.from_xdr(str(challenge["transaction"]),
-                                            str(challenge["network_passphrase"]))
-    envelope.sign(keypair)
-    signed = json.dumps({"transaction": envelope.to_xdr()}).encode()
+    signed = sign_challenge(answer.json(), keypair)
     t2 = time.perf_counter()
     answer = await conn.request("POST", "/auth", host, body=signed,
                                 headers={"Content-Type": "application/json"})
@@ -145,6 +141,14 @@ async def login(conn: Connection, host: str, keypair: Keypair, *,
     if answer.status != 200:
         raise HttpError(f"POST /auth on {host}: {answer.status} {answer.body[:300]!r}")
     return str(answer.json()["token"]), LoginTiming(t1 - t0, t2 - t1, t3 - t2)
+
+
+def sign_challenge(challenge: Mapping[str, object], keypair: Keypair) -> bytes:
+    """The POST /auth body for a GET /auth answer: the challenge signed with ``keypair``."""
+    envelope = TransactionEnvelope.from_xdr(str(challenge["transaction"]),
+                                            str(challenge["network_passphrase"]))
+    envelope.sign(keypair)
+    return json.dumps({"transaction": envelope.to_xdr()}).encode()
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -195,6 +195,8 @@ class HorizonStub:
 
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    #: Seconds each account lookup takes (reliability-plan L1-L3: 0.05); 0 answers at once.
+    delay: float = 0.0
 
     @property
     def url(self) -> str:
@@ -202,7 +204,7 @@ class HorizonStub:
 
     def start(self) -> None:
         self.process = subprocess.Popen([sys.executable, str(HERE / "horizon_stub.py"),
-                                         str(self.port)])
+                                         str(self.port), str(self.delay)])
         wait_port(self.port, self.process)
 
     def cpu_seconds(self) -> float:

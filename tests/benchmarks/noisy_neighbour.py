@@ -15,9 +15,12 @@ One real ``kyc-host serve`` process (1 worker) hosts two tenants:
 
 Each of ``--rounds`` rounds has two phases, in the same run and interleaved so that the
 shared machine's other load drifts over both alike. Quiet: B's ``GET /kyc/customer`` latency
-from ``--clients`` keep-alive connections for ``--seconds``. Noisy: B is measured the same
-way while every noise source of reliability-plan L4 runs on A, started 1 s before and kept
-going until B's measurement ends:
+for ``--seconds``, B "at baseline" (L4): open loop at ``--b-rate`` requests per second (the
+L1 throughput target of one process, 200/s) over a pool of ``--clients`` keep-alive
+connections, each latency measured from the moment its request was due to start
+(``--b-rate 0``: closed-loop clients, the server saturated by B alone, as in earlier runs).
+Noisy: B is measured the same way while every noise source of reliability-plan L4 runs on
+A, started 1 s before and kept going until B's measurement ends:
 
 1. **GET flood** (wrk, ``--flood-connections``): every request enters the hanging hook and
    is answered 500 at A's hook timeout.
@@ -33,6 +36,12 @@ going until B's measurement ends:
    with a ``--upload-bytes`` (10 MiB, A's ``max_file_bytes``) JPEG in flight, each on its
    own A customer (202 when stored).
 
+A's load generators (wrk and the noise worker) run at ``--niceness`` (19): on this 2-core
+machine they share the server's cores, where a real attacker's clients would be on other
+machines; ``--niceness 0`` shows the shared-cores case. After a 429 the upload clients send
+their next upload at once (``--upload-retry immediate``, an attacker ignoring Retry-After)
+or after the Retry-After (``retry-after``).
+
 Sources 3 and 4 come from their own client addresses (``X-Forwarded-For`` through
 127.0.0.1 as the trusted proxy), so only source 2 runs into the per-IP PUT limit; A's
 other limits are set so that sources 3 and 4 do their full work instead of being cut
@@ -40,8 +49,9 @@ short by 429s (the tenant file below states them).
 
 Prints a table: B's quiet and noisy p50/p95/p99, the p95 ratio (target: within 20 %, i.e.
 <= 1.2) pooled and per round, B's errors and error rate (target < 0.1 %), and A's outcome
-counts per noise source, with the load average (1/5/15 min) before and after and the CPU
-spent by the server and A's plugin workers; writes the same as JSON (``--json``, with the
+counts per noise source, with the load average (1/5/15 min) before and after, the CPU
+spent by the server and A's plugin workers, and the server's event-loop lag samples over
+10 ms and 100 ms per phase (``/metrics``); writes the same as JSON (``--json``, with the
 exact command line). Nothing is asserted.
 """
 
@@ -51,6 +61,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import http.client
 import json
 import os
 import platform
@@ -178,7 +189,23 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each phase")
     parser.add_argument("--rounds", type=int, default=3,
                         help="quiet/noisy phase pairs, interleaved")
-    parser.add_argument("--clients", type=int, default=4, help="B's keep-alive connections")
+    parser.add_argument("--b-rate", type=float, default=200.0,
+                        help="B's GET /kyc/customer per second, open loop (B 'at baseline': "
+                             "the L1 throughput target of one process); 0: closed loop")
+    parser.add_argument("--clients", type=int, default=16,
+                        help="B's keep-alive connections (the pool at --b-rate; closed-loop "
+                             "clients at --b-rate 0)")
+    parser.add_argument("--niceness", type=int, default=19,
+                        help="CPU niceness of A's load generators (wrk, the noise worker), "
+                             "standing in for clients on other machines; 0: same priority "
+                             "as the server")
+    parser.add_argument("--upload-retry", choices=("immediate", "retry-after"),
+                        default="immediate",
+                        help="what A's upload clients do after a 429: send the next upload "
+                             "at once (default) or wait the answer's Retry-After first")
+    parser.add_argument("--upload-expect", action="store_true",
+                        help="A's upload clients send Expect: 100-continue and their body only "
+                             "after 100 Continue (curl's way for bodies over 1 MiB)")
     parser.add_argument("--flood-connections", type=int, default=64,
                         help="wrk connections flooding A's GET /kyc/customer; 0: none")
     parser.add_argument("--put-rate", type=float, default=5.0,
@@ -200,7 +227,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help="1 s phases, few connections: checks that the command works")
     opts = parser.parse_args(argv)
     if opts.smoke:
-        opts.seconds, opts.clients, opts.flood_connections, opts.rounds = 1.0, 2, 4, 1
+        opts.seconds, opts.clients, opts.flood_connections, opts.rounds = 1.0, 4, 4, 1
+        opts.b_rate = min(opts.b_rate, 50.0)
         opts.put_flood_connections = min(opts.put_flood_connections, 1)
         opts.hang_fetches, opts.uploads = min(opts.hang_fetches, 12), min(opts.uploads, 2)
         opts.upload_bytes = min(opts.upload_bytes, 1024 * 1024)
@@ -218,10 +246,19 @@ async def wallets(port: int, host: str, count: int) -> list[str]:
         await conn.close()
 
 
-async def measure_b(port: int, tokens: list[str], seconds: float,
-                    clients: int) -> tuple[list[float], dict[int, int]]:
-    """B's GET /kyc/customer latencies (seconds) and statuses from ``clients`` sequential
-    keep-alive clients during ``seconds``."""
+async def measure_b(port: int, tokens: list[str], seconds: float, clients: int,
+                    rate: float = 0.0) -> tuple[list[float], dict[int, int]]:
+    """B's GET /kyc/customer latencies (seconds) and statuses during ``seconds``.
+
+    ``rate`` > 0 (the default of the command): open loop, the way a tenant "at baseline"
+    (reliability-plan L4, L1) loads the server -- requests start on a fixed schedule of
+    ``rate`` per second whatever the answers do, each on an idle connection of a pool of
+    ``clients``; a request's latency runs from the moment its timer fired, so time spent
+    waiting for a free connection (a stalled server) counts, and the client's own timer
+    lateness does not. ``rate`` 0: ``clients`` closed-loop clients sending back to back
+    (the server saturated by B alone: a request waits for B's own queue)."""
+    if rate > 0:
+        return await _measure_b_open(port, tokens, seconds, clients, rate)
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     deadline = time.perf_counter() + seconds
@@ -242,6 +279,42 @@ async def measure_b(port: int, tokens: list[str], seconds: float,
     return latencies, statuses
 
 
+async def _measure_b_open(port: int, tokens: list[str], seconds: float, clients: int,
+                          rate: float) -> tuple[list[float], dict[int, int]]:
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    idle: asyncio.Queue[Connection] = asyncio.Queue()
+    pool = [Connection(port) for _ in range(clients)]
+    for conn in pool:
+        idle.put_nowait(conn)
+
+    async def one(serial: int) -> None:
+        fired = time.perf_counter()
+        conn = await idle.get()
+        try:
+            answer = await conn.request("GET", "/kyc/customer", B_HOST,
+                                        headers=bearer(tokens[serial % len(tokens)]))
+            latencies.append(time.perf_counter() - fired)
+            statuses[answer.status] = statuses.get(answer.status, 0) + 1
+        except (HttpError, OSError, TimeoutError):
+            statuses[0] = statuses.get(0, 0) + 1  # counted as an error (status 0)
+            await conn.close()
+        finally:
+            idle.put_nowait(conn)
+
+    started = time.perf_counter()
+    sent: list[asyncio.Task[None]] = []
+    for serial in range(int(seconds * rate)):
+        delay = started + serial / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        sent.append(asyncio.ensure_future(one(serial)))
+    await asyncio.gather(*sent)
+    for conn in pool:
+        await conn.close()
+    return latencies, statuses
+
+
 def summary(latencies: list[float], statuses: dict[int, int], seconds: float) -> dict[str, Any]:
     ordered = sorted(latencies)
     errors = sum(n for status, n in statuses.items() if status != 200)
@@ -257,6 +330,40 @@ def flood_figures(result: WrkResult) -> dict[str, Any]:
     figures: dict[str, Any] = dict(result.figures())
     figures["non_2xx"] = int(result.raw.get("status_errors", 0))
     return figures
+
+
+def loop_lag(admin_port: int) -> dict[str, float]:
+    """The server's event-loop lag probe (``kyc_event_loop_lag_seconds``, sampled every
+    0.1 s): how many samples so far, how many over 10 ms and over 100 ms, and the largest
+    lag since the process started."""
+    conn = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=10)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    buckets: dict[str, float] = {}
+    figures = {"samples": 0.0, "max_s": 0.0}
+    for line in text.splitlines():
+        if line.startswith("kyc_event_loop_lag_seconds_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets[le] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("kyc_event_loop_lag_seconds_count"):
+            figures["samples"] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("kyc_event_loop_lag_max_seconds"):
+            figures["max_s"] = float(line.rsplit(" ", 1)[1])
+    total = figures["samples"]
+    figures["over_10ms"] = total - buckets.get("0.01", total)
+    figures["over_100ms"] = total - buckets.get("0.1", total)
+    return figures
+
+
+def lag_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Loop-lag samples of one phase (the max is the process's, not the phase's)."""
+    return {"samples": after["samples"] - before["samples"],
+            "over_10ms": after["over_10ms"] - before["over_10ms"],
+            "over_100ms": after["over_100ms"] - before["over_100ms"],
+            "process_max_ms": round(1000 * after["max_s"], 1)}
 
 
 def children_cpu(pid: int) -> float:
@@ -431,9 +538,11 @@ class UploadBody:
 
 
 async def send_upload(port: int, streams: list[Any], token: str, index: int,
-                      body: UploadBody) -> int:
+                      body: UploadBody, expect: bool = False) -> tuple[int, float]:
     """One ``PUT /kyc/customer`` with ``body`` on the keep-alive connection in ``streams``
-    (opened if empty); returns the status."""
+    (opened if empty); returns the status and the answer's Retry-After (0 if none).
+    ``expect``: send ``Expect: 100-continue`` and the body only after ``100 Continue`` (as
+    curl does for bodies over 1 MiB), so a refusal is read before any byte is sent."""
     if not streams:
         streams.extend(await asyncio.open_connection("127.0.0.1", port))
     reader, writer = streams
@@ -441,18 +550,30 @@ async def send_upload(port: int, streams: list[Any], token: str, index: int,
     head = "\r\n".join([
         "PUT /kyc/customer HTTP/1.1", f"Host: {A_HOST}", f"Authorization: Bearer {token}",
         f"Content-Type: {body.content_type}", f"Content-Length: {len(data)}",
+        *(["Expect: 100-continue"] if expect else []),
         *(f"{k}: {v}" for k, v in client_address(2, index).items())]) + "\r\n\r\n"
     writer.write(head.encode("latin-1"))
-    writer.write(data)
-    await writer.drain()
-    lines = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+    if expect:
+        await writer.drain()
+        lines = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        if lines[0].split(" ", 2)[1] == "100":
+            writer.write(data)
+            await writer.drain()
+            lines = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+    else:
+        writer.write(data)
+        await writer.drain()
+        lines = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
     length = next((int(line.split(":", 1)[1]) for line in lines
                    if line.lower().startswith("content-length:")), 0)
     await reader.readexactly(length)
-    if any(line.lower() == "connection: close" for line in lines):
-        writer.close()
+    if any(line.lower() == "connection: close" for line in lines) or (
+            expect and lines[0].split(" ", 2)[1] != "202"):
+        writer.close()  # a refused body was never sent: the server will not reuse this one
         streams.clear()
-    return int(lines[0].split(" ", 2)[1])
+    retry_after = next((float(line.split(":", 1)[1]) for line in lines
+                        if line.lower().startswith("retry-after:")), 0.0)
+    return int(lines[0].split(" ", 2)[1]), retry_after
 
 
 def jpeg_of_size(size: int) -> bytes:
@@ -461,9 +582,11 @@ def jpeg_of_size(size: int) -> bytes:
 
 
 async def uploads(port: int, tokens: list[str], bodies: list[UploadBody],
-                  stop: asyncio.Event, outcomes: dict[str, int], seconds: list[float]) -> None:
+                  stop: asyncio.Event, outcomes: dict[str, int], seconds: list[float],
+                  honour_retry_after: bool = False, expect: bool = False) -> None:
     """One loop per token, each keeping one upload to A in flight until ``stop``;
-    statuses counted, the durations of the stored (202) ones collected."""
+    statuses counted, the durations of the stored (202) ones collected. After a 429 the
+    next upload goes at once, or after the answer's Retry-After if ``honour_retry_after``."""
 
     async def client(index: int) -> None:
         body = bodies[index]
@@ -472,11 +595,14 @@ async def uploads(port: int, tokens: list[str], bodies: list[UploadBody],
             while not stop.is_set():
                 started = time.perf_counter()
                 try:
-                    status = await asyncio.wait_for(
-                        send_upload(port, streams, tokens[index], index, body), 120)
+                    status, retry_after = await asyncio.wait_for(
+                        send_upload(port, streams, tokens[index], index, body, expect), 120)
                     count(outcomes, str(status))
                     if status == 202:
                         seconds.append(time.perf_counter() - started)
+                    elif status == 429 and honour_retry_after and retry_after > 0:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(stop.wait(), retry_after)
                 except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError):
                     count(outcomes, "connection_error")
                     if streams:
@@ -506,7 +632,9 @@ async def noise_worker() -> None:
     tasks = [asyncio.ensure_future(hanging_fetches(spec["port"], spec["hang_fetches"], stop,
                                                    hang)),
              asyncio.ensure_future(uploads(spec["port"], spec["upload_tokens"], bodies, stop,
-                                           stored, upload_seconds))]
+                                           stored, upload_seconds,
+                                           spec["upload_retry"] == "retry-after",
+                                           spec["upload_expect"]))]
     await loop.run_in_executor(None, sys.stdin.readline)  # "stop" (or EOF)
     stop.set()
     await asyncio.gather(*tasks)
@@ -522,13 +650,15 @@ class NoiseWorker:
     @classmethod
     async def start(cls, port: int, opts: argparse.Namespace,
                     upload_tokens: list[str]) -> NoiseWorker:
+        nice = ["nice", "-n", str(opts.niceness)] if opts.niceness else []
         process = await asyncio.create_subprocess_exec(
-            sys.executable, __file__, "--noise-worker", stdin=asyncio.subprocess.PIPE,
+            *nice, sys.executable, __file__, "--noise-worker", stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE)
         assert process.stdin is not None
         assert process.stdout is not None
         spec = {"port": port, "hang_fetches": opts.hang_fetches,
-                "upload_tokens": upload_tokens, "upload_bytes": opts.upload_bytes}
+                "upload_tokens": upload_tokens, "upload_bytes": opts.upload_bytes,
+                "upload_retry": opts.upload_retry, "upload_expect": opts.upload_expect}
         process.stdin.write(json.dumps(spec).encode() + b"\n")
         await process.stdin.drain()
         line = await process.stdout.readline()
@@ -573,7 +703,8 @@ async def noisy_round(server: ServerProcess, noise: Noise, b_tokens: list[str],
     if opts.flood_connections:
         floods["get"] = asyncio.to_thread(run_wrk, server.public_port, get_flood,
                                           seconds=flood_seconds,
-                                          connections=opts.flood_connections, timeout=10.0)
+                                          connections=opts.flood_connections, timeout=10.0,
+                                          niceness=opts.niceness)
     if opts.put_flood_connections:
         prefix = b'{"first_name": "Ada", "email_address": "ada@example.com", "last_name": "N'
         put_flood = RequestSet("PUT", "/kyc/customer", auth, content_type="application/json",
@@ -581,7 +712,8 @@ async def noisy_round(server: ServerProcess, noise: Noise, b_tokens: list[str],
                                unique_offset=1000000 * (1 + len(phase.rounds)))
         floods["put"] = asyncio.to_thread(run_wrk, server.public_port, put_flood,
                                           seconds=flood_seconds,
-                                          connections=opts.put_flood_connections, timeout=10.0)
+                                          connections=opts.put_flood_connections, timeout=10.0,
+                                          niceness=opts.niceness)
     running = {name: asyncio.ensure_future(f) for name, f in floods.items()}
     paced = asyncio.ensure_future(paced_puts(server.public_port, a_tokens, opts.put_rate,
                                              flood_seconds, 1000 * (1 + len(phase.rounds))))
@@ -589,8 +721,10 @@ async def noisy_round(server: ServerProcess, noise: Noise, b_tokens: list[str],
     server0, plugins0 = cpu_seconds(server.supervisor), children_cpu(server.supervisor)
     machine0 = machine_busy_seconds()[0]
     load = os.getloadavg()[0]
+    lag0 = loop_lag(server.admin_port)
     latencies, statuses = await measure_b(server.public_port, b_tokens, opts.seconds,
-                                          opts.clients)
+                                          opts.clients, opts.b_rate)
+    lag = lag_delta(lag0, loop_lag(server.admin_port))
     server_s = cpu_seconds(server.supervisor) - server0
     plugins_s = children_cpu(server.supervisor) - plugins0
     # Everything else that ran: the load generators (wrk, the noise worker, this process's
@@ -602,7 +736,7 @@ async def noisy_round(server: ServerProcess, noise: Noise, b_tokens: list[str],
                                    if worker is None else await worker.stop())
     results = dict(zip(running, await asyncio.gather(*running.values()), strict=True))
     ordered = sorted(client_side["upload_seconds"])
-    phase.add(latencies, statuses, opts.seconds, load_average_1m=load, **cpu,
+    phase.add(latencies, statuses, opts.seconds, load_average_1m=load, **cpu, loop_lag=lag,
               paced_puts=await paced,
               get_flood=flood_figures(results["get"]) if "get" in results else None,
               put_flood=flood_figures(results["put"]) if "put" in results else None,
@@ -621,7 +755,7 @@ async def scenario(server: ServerProcess, site: HangingSite,
                    opts: argparse.Namespace) -> dict[str, Any]:
     """``rounds`` times: B quiet, then B while A is flooded (interleaved, so the machine's
     other load drifts over both kinds alike); p95s pooled over the rounds."""
-    port = server.public_port
+    port, port_admin = server.public_port, server.admin_port
     b_tokens = await wallets(port, B_HOST, 8)
     conn = Connection(port)
     try:
@@ -643,14 +777,18 @@ async def scenario(server: ServerProcess, site: HangingSite,
     await asyncio.sleep(1.0)
     await site.start()
     try:
-        await measure_b(port, b_tokens, min(1.0, opts.seconds), opts.clients)  # warm-up
+        await measure_b(port, b_tokens, min(1.0, opts.seconds), opts.clients,
+                        opts.b_rate)  # warm-up
         quiet, noisy = Phase(), Phase()
         for _ in range(opts.rounds):
             load = os.getloadavg()[0]
             server0 = cpu_seconds(server.supervisor)
-            latencies, statuses = await measure_b(port, b_tokens, opts.seconds, opts.clients)
+            lag0 = loop_lag(port_admin)
+            latencies, statuses = await measure_b(port, b_tokens, opts.seconds, opts.clients,
+                                                  opts.b_rate)
             quiet.add(latencies, statuses, opts.seconds, load_average_1m=load,
-                      server_cpu_s=round(cpu_seconds(server.supervisor) - server0, 2))
+                      server_cpu_s=round(cpu_seconds(server.supervisor) - server0, 2),
+                      loop_lag=lag_delta(lag0, loop_lag(port_admin)))
             await noisy_round(server, noise, b_tokens, opts, noisy)
     finally:
         await site.close()
@@ -744,9 +882,14 @@ def print_table(report: dict[str, Any]) -> None:
     """B's latencies quiet vs noisy, the targets, and what each noise source on A got."""
     quiet, noisy = report["quiet"], report["noisy"]
     rate = report["noisy_error_rate"]
+    expect = " with Expect: 100-continue" if report["upload_expect"] else ""
+    b_load = (f"B open loop at {report['b_rate_per_s']:g}/s on {report['clients']} connections"
+              if report["b_rate_per_s"] else f"B closed loop, {report['clients']} clients")
     say(f"noisy neighbour: backend {report['backend']}, A's plugin {report['plugin']}s, "
-        f"{report['rounds']} rounds x {report['seconds']} s per phase; load 1/5/15 min "
-        f"before {report['load_before']} after {report['load_after']}")
+        f"{report['rounds']} rounds x {report['seconds']} s per phase; {b_load}; A's load "
+        f"generators at nice {report['generator_niceness']}, upload retry "
+        f"{report['upload_retry']}{expect}; load 1/5/15 min before {report['load_before']} after "
+        f"{report['load_after']}")
     say(f"{'B GET /kyc/customer':<22}{'requests':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
         f"{'errors':>8}")
     for name, phase in (("quiet", quiet), ("noisy", noisy)):
@@ -783,7 +926,10 @@ def print_table(report: dict[str, Any]) -> None:
             f"{q['load_average_1m']:.1f}), noisy p95 {n['p95_ms']} ms (load "
             f"{n['load_average_1m']:.1f}); server CPU {n['server_cpu_s']} s, plugin workers "
             f"CPU {n['plugin_workers_cpu_s']} s, load generators and the rest "
-            f"{n.get('load_generators_cpu_s', '?')} s")
+            f"{n.get('load_generators_cpu_s', '?')} s; loop-lag samples over 10/100 ms "
+            f"quiet {q['loop_lag']['over_10ms']:g}/{q['loop_lag']['over_100ms']:g}, noisy "
+            f"{n['loop_lag']['over_10ms']:g}/{n['loop_lag']['over_100ms']:g} of "
+            f"{n['loop_lag']['samples']:g} (largest so far {n['loop_lag']['process_max_ms']} ms)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -813,7 +959,9 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     report = {"benchmark": "noisy_neighbour", "command": command, "backend": opts.backend,
               "plugin": opts.plugin, "seconds": opts.seconds, "rounds": opts.rounds,
-              "clients": opts.clients, "flood_connections": opts.flood_connections,
+              "clients": opts.clients, "b_rate_per_s": opts.b_rate,
+              "generator_niceness": opts.niceness, "upload_retry": opts.upload_retry,
+              "upload_expect": opts.upload_expect, "flood_connections": opts.flood_connections,
               "put_flood_connections": opts.put_flood_connections,
               "put_rate_per_s": opts.put_rate, "hang_fetches": opts.hang_fetches,
               "uploads": opts.uploads, "upload_bytes": opts.upload_bytes,

@@ -109,3 +109,106 @@ def test_noisy_neighbour_smoke_run_reports_both_p95s(tmp_path: Path) -> None:
     assert set(hang["statuses"]) == {"400"}, hang
     assert 1 <= hang["site_peak_open"] <= 10, hang
     assert report["noisy"]["rounds"][0]["uploads"]["statuses"].get("202", 0) >= 1
+
+
+ROUTE_FIGURES = ("requests", "p50_ms", "p95_ms", "p99_ms", "max_ms", "statuses")
+L1_ROUTES = ("GET /auth", "POST /auth", "GET /customer", "PUT /customer JSON",
+             "PUT /customer multipart", "GET admin customers")
+PHASE_FIGURES = ("rate_rps", "achieved_rps", "requests", "errors", "error_rate",
+                 "all_p95_ms", "all_p99_ms", "server_rss_peak_kb", "server_cpu_cores",
+                 "loadgen_cpu_cores", "schedule_lag_p99_ms")
+ERROR_CLASSES = {"shed", "timeout", "5xx", "connection", "4xx"}
+SERVER_SAMPLE = ("rss_kb", "fds", "fds_not_clients", "client_connections", "store_connections")
+
+
+def load_mix(tmp_path: Path, mode: str) -> dict[str, Any]:
+    out = tmp_path / f"mix-{mode}.json"
+    result = subprocess.run(
+        [sys.executable, str(HERE / "load_mix.py"), "--mode", mode, "--smoke", "--json",
+         str(out)], capture_output=True, text=True, timeout=110, check=False, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report: dict[str, Any] = json.loads(out.read_text())
+    assert report["mode"] == mode
+    assert report["smoke"] is True
+    assert report["uptime_before"]
+    assert report["machine"]["nproc"] > 0
+    assert report["settings"]["horizon_delay_s"] == 0.05
+    assert report["settings"]["multipart_bytes"] == 3_000_000
+    return report
+
+
+def check_phase(figures: dict[str, Any]) -> None:
+    """Every figure of one measured phase is there: the mix's routes (each of which a smoke
+    run exercises at least once), the error split, server and load-generator figures."""
+    for key in PHASE_FIGURES:
+        assert isinstance(figures[key], int | float), (key, figures)
+    positive(figures, "requests", "achieved_rps", "server_rss_peak_kb")
+    assert set(figures["errors_by_class"]) == ERROR_CLASSES
+    for route in L1_ROUTES:
+        row = figures["routes"][route]
+        assert set(ROUTE_FIGURES) <= set(row), (route, row)
+        assert row["requests"] >= 1, (route, row)
+
+
+@pytest.mark.slow
+def test_load_mix_baseline_smoke_reports_every_l1_figure(tmp_path: Path) -> None:
+    report = load_mix(tmp_path, "baseline")
+    figures = report["baseline"]
+    check_phase(figures)
+    for when in ("server_before", "server_after"):
+        positive(figures[when], "rss_kb", "fds")
+    verdicts = {row["figure"]: row for row in figures["verdicts"]}
+    assert {"GET /auth p95", "POST /auth p95", "GET /customer p95", "GET /customer p99",
+            "PUT /customer JSON p95", "PUT /customer multipart p95", "error rate",
+            "achieved req/s"} == set(verdicts)
+    assert verdicts["achieved req/s"]["met"] is None  # smoke rate: throughput not tested
+    # Every flow of the mix ran (a smoke run starts with one of each kind).
+    assert {key.split(".")[0] for key in report["flows"]} == {"onboarding", "polling", "sep10",
+                                                              "admin"}
+
+
+@pytest.mark.slow
+def test_load_mix_stress_smoke_reports_steps_knee_and_recovery(tmp_path: Path) -> None:
+    figures = load_mix(tmp_path, "stress")["stress"]
+    assert 1 <= len(figures["steps"]) <= 2
+    for step in figures["steps"]:
+        check_phase(step)
+        assert "get_customer_p95_ms" in step
+    first = figures["steps"][0]["rate_rps"]
+    assert [s["rate_rps"] for s in figures["steps"]] == [round(first * 1.25**i, 1) for i in
+                                                         range(len(figures["steps"]))]
+    assert {"knee_found", "knee_rps", "knee_offered_rps", "first_failing_offered_rps",
+            "beyond_knee_errors_by_class", "stopped_because"} <= set(figures)
+    recovery = figures["recovery"]
+    assert {"baseline_get_customer_p95_ms", "recovered_after_s", "met", "windows"} <= set(recovery)
+    assert recovery["windows"]
+    assert all({"end_s", "requests", "p95_ms", "within"} <= set(w) for w in recovery["windows"])
+
+
+@pytest.mark.slow
+def test_load_mix_soak_smoke_samples_resources_and_counts_callbacks(tmp_path: Path) -> None:
+    figures = load_mix(tmp_path, "soak")["soak"]
+    assert figures["shortened"] is True
+    assert "SHORTENED" in figures["note"]
+    check_phase(figures)
+    assert figures["routes"]["PUT /customer/callback"]["requests"] >= 1
+    assert len(figures["samples"]) >= 3
+    for sample in figures["samples"]:
+        for key in (*SERVER_SAMPLE, "pending", "delivered"):
+            assert isinstance(sample[key], int), (key, sample)
+        positive(sample, "rss_kb", "fds", "store_connections")
+    growth = figures["growth"]
+    for key in SERVER_SAMPLE:
+        assert {"after_warmup", "last", "max", "growth", "growth_pct",
+                "slope_per_hour"} <= set(growth[key])
+    assert "metrics_delivery_p99_le_s" in growth
+    callbacks = figures["callbacks"]
+    for key in ("expected_by_client", "created_in_outbox", "received_events", "lost",
+                "customers_not_called_back", "lag_p50_s", "lag_p99_s", "lag_max_s"):
+        assert isinstance(callbacks[key], int | float), (key, callbacks)
+    # Every smoke onboarding registers a callback, and the first flow is an onboarding.
+    assert callbacks["expected_by_client"] >= 1
+    assert callbacks["created_in_outbox"] >= 1
+    assert {row["figure"] for row in figures["verdicts"]} == {
+        "RSS growth after warm-up", "fd growth (clients' connections aside)",
+        "store connection growth", "callback lag p99 (s)", "lost callbacks"}
