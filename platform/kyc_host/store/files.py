@@ -24,8 +24,6 @@ so a 10 MB upload does not stall the event loop for other tenants.
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +31,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from kyc_host.crypto.records import RecordCipher, TenantCipher
-from kyc_host.store.base import Doc, Store, StoreError, StoreUnavailable, in_, lt
+from kyc_host.store import bounded
+from kyc_host.store.base import Doc, Store, StoreError, in_, lt
 from kyc_host.store.customers import new_id
 
 T = TypeVar("T")
@@ -44,11 +43,19 @@ THREAD_THRESHOLD = 256 * 1024
 #: Those threads: not asyncio's default executor, which also resolves host names (Tornado's
 #: default resolver). Under an upload load, SEP-10 logins waited there seconds behind
 #: sealing jobs for their Horizon lookup (L1 mixed load at 150 req/s: POST /auth p50 1.7 s).
+#: Module-level and never shut down, on purpose: unlike the SQLite store's threads (each
+#: holds that store's connection) these hold nothing to close -- each job is a pure function
+#: of its arguments. One pool per process is the CPU bound meant (2 threads, 2 vCPUs), shared
+#: by every FileRepository; those are built from (store, tenant) alone (sep12_tenant.py,
+#: retention/erasure.py, crypto/rotation.py), where no Server is at hand. Its threads start
+#: at the first file above THREAD_THRESHOLD, so the ``serve`` supervisor (which never seals
+#: files) forks its workers with none. At exit concurrent.futures joins them: idle ones at
+#: once, a running job within milliseconds; forked workers end with os._exit anyway.
 _CRYPTO = ThreadPoolExecutor(2, thread_name_prefix="file-crypto")
 #: Crypto work that waited longer than this for a thread is refused unrun (StoreUnavailable:
 #: 503 + Retry-After), so an overloaded process sheds uploads instead of letting them run
 #: into client timeouts (reliability-plan L2), as the SQLite store does with its queue.
-QUEUE_TIMEOUT_SECONDS = 4.0
+QUEUE_TIMEOUT_SECONDS = bounded.QUEUE_TIMEOUT_SECONDS
 #: How long an uploaded file that no customer references is kept (SEP-12 ``expires_at``).
 UNATTACHED_TTL_SECONDS = 24 * 3600
 #: A journal entry older than this belongs to a create or delete that was interrupted (both
@@ -218,15 +225,8 @@ def _open_chunks(cipher: RecordCipher, file_id: str, blobs: list[bytes]) -> byte
 async def _maybe_threaded(size: int, fn: Callable[..., T], *args: Any) -> T:
     if size <= THREAD_THRESHOLD:
         return fn(*args)
-    queued_at = time.monotonic()
-
-    def call() -> T:
-        if time.monotonic() - queued_at > QUEUE_TIMEOUT_SECONDS:
-            raise StoreUnavailable(f"file crypto busy (waited over {QUEUE_TIMEOUT_SECONDS:g} s)")
-        return fn(*args)
-
-    context = contextvars.copy_context()  # log lines of the thread name their request
-    return await asyncio.get_running_loop().run_in_executor(_CRYPTO, context.run, call)
+    return await bounded.run_bounded(_CRYPTO, lambda: fn(*args), bound=QUEUE_TIMEOUT_SECONDS,
+                                     busy="file crypto busy")
 
 
 def _info_doc(info: FileInfo) -> Doc:

@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import contextvars
 import fcntl
 import json
 import os
@@ -48,6 +47,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from kyc_host.store import bounded
 from kyc_host.store.base import (
     Cmp,
     Collection,
@@ -71,7 +71,7 @@ INLINE_BUDGET_SECONDS = 0.002
 INLINE_MAX_DOC_CHARS = 64 * 1024
 #: Work that waited longer than this for its thread is refused (StoreUnavailable) unrun, like
 #: a MongoDB operation past the client's timeoutMS (4 s; reliability-plan: 503 within 5 s).
-QUEUE_TIMEOUT_SECONDS = 4.0
+QUEUE_TIMEOUT_SECONDS = bounded.QUEUE_TIMEOUT_SECONDS
 #: Inline commits between two passive WAL checkpoints on the writer thread.
 CHECKPOINT_EVERY = 500
 _OPS = {"lt": "<", "lte": "<=", "gt": ">", "gte": ">=", "ne": "IS NOT"}
@@ -346,14 +346,7 @@ class SqliteStore(Store):
             raise _NotInline()
 
     async def _run(self, pool: ThreadPoolExecutor, fn: Callable[[sqlite3.Connection], T]) -> T:
-        queued_at = time.monotonic()
-
         def call() -> T:
-            if time.monotonic() - queued_at > QUEUE_TIMEOUT_SECONDS:
-                # Queued behind other work for too long (an overloaded writer): refused before
-                # it runs, so nothing is half-done, and the request answers 503 + Retry-After
-                # as with an unreachable MongoDB, instead of running into client timeouts.
-                raise StoreUnavailable(f"sqlite: busy (waited over {QUEUE_TIMEOUT_SECONDS:g} s)")
             try:
                 return fn(self._conn())
             except sqlite3.IntegrityError as exc:
@@ -362,10 +355,11 @@ class SqliteStore(Store):
                 # "database is locked" past the busy timeout, disk I/O errors, a vanished file.
                 raise StoreUnavailable(f"sqlite: {exc}") from None
 
-        # In a copy of the caller's context: the thread's log lines and traces name the
-        # request they work for (logs.bind_request), as the inline path's do.
-        context = contextvars.copy_context()
-        return await asyncio.get_running_loop().run_in_executor(pool, context.run, call)
+        # Queued behind other work for too long (an overloaded writer): refused before it
+        # runs, so nothing is half-done, and the request answers 503 + Retry-After as with an
+        # unreachable MongoDB, instead of running into client timeouts (store/bounded.py).
+        return await bounded.run_bounded(pool, call, bound=QUEUE_TIMEOUT_SECONDS,
+                                         busy="sqlite: busy")
 
     def read(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
         return asyncio.ensure_future(self._run(self._reader, fn))

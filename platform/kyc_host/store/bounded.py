@@ -1,0 +1,44 @@
+"""Store work run on a thread pool, refused unrun when it waited too long for its thread.
+
+Both the SQLite backend (store/sqlite.py: its reader and writer threads) and the file store
+(store/files.py: the file-crypto threads) queue work on small pools. Work that waited longer
+than a bound is refused before it runs -- :class:`StoreUnavailable`, which the request
+answers as 503 + Retry-After like a MongoDB operation past the client's timeoutMS -- so an
+overloaded process sheds load instead of letting requests run into client timeouts
+(reliability-plan L2 and F1: 503 within 5 s), and nothing of the refused work is half-done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import TypeVar
+
+from kyc_host.store.base import StoreUnavailable
+
+T = TypeVar("T")
+
+#: The default bound (the MongoDB client's timeoutMS is 4 s too).
+QUEUE_TIMEOUT_SECONDS = 4.0
+
+
+async def run_bounded(pool: Executor, fn: Callable[[], T], *, bound: float, busy: str) -> T:
+    """Run ``fn`` on ``pool`` and return its result.
+
+    If ``fn`` waited more than ``bound`` seconds for its thread it is not run:
+    ``StoreUnavailable(f"{busy} (waited over {bound:g} s)")`` is raised instead. ``fn`` runs
+    in a copy of the caller's context, so the thread's log lines and traces name the request
+    they work for (logs.bind_request), as work done on the event loop does.
+    """
+    queued_at = time.monotonic()
+
+    def call() -> T:
+        if time.monotonic() - queued_at > bound:
+            raise StoreUnavailable(f"{busy} (waited over {bound:g} s)")
+        return fn()
+
+    context = contextvars.copy_context()
+    return await asyncio.get_running_loop().run_in_executor(pool, context.run, call)
