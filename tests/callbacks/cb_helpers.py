@@ -10,6 +10,7 @@
 - :func:`eventually`: wait (bounded) for a condition; never a timing assertion.
 - :func:`customer_with_callback`: a customer whose wallet registered a callback URL.
 - :func:`events_of`: a tenant's outbox documents (raw).
+- :func:`signed_at`: the ``t`` of a hit's signature header (to compare with its receipt).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class Hit:
     body: bytes
     answered: int
     verified: bool
+    received_at: float = 0.0  # the receiver's clock (time.time()) when the request arrived
 
     @property
     def event_id(self) -> str:
@@ -108,6 +110,7 @@ class _Handler(RequestHandler):
             sink.in_flight[event_id] -= 1
 
     async def _answer(self, sink: Sink, path: str) -> None:
+        received_at = time.time()
         body = self.request.body
         headers = dict(self.request.headers)
         verified = self.receiver.verify(sink, path, headers, body)
@@ -125,11 +128,11 @@ class _Handler(RequestHandler):
             finally:
                 sink.hanging -= 1
                 self.receiver.held.discard(self._gone)
-            sink.hits.append(Hit(path, headers, body, 0, verified))
+            sink.hits.append(Hit(path, headers, body, 0, verified, received_at))
             return
         if sink.delay:
             await asyncio.sleep(sink.delay)
-        sink.hits.append(Hit(path, headers, body, status, verified))
+        sink.hits.append(Hit(path, headers, body, status, verified, received_at))
         if sink.retry_after is not None and status >= 400:
             self.set_header("Retry-After", sink.retry_after)
         self.set_status(status)
@@ -222,6 +225,13 @@ async def decide(srv: RunningServer, tenant_id: str, customer_id: str,
     record = await service.customers.load(customer_id)
     assert record is not None
     await service.decide(record, "individual", Decision(status, message))
+
+
+def signed_at(hit: Hit) -> int:
+    """The ``t=`` of the hit's ``Signature`` (SEP-12) or ``Webhook-Signature`` header."""
+    header = hit.headers.get("Signature") or hit.headers["Webhook-Signature"]
+    [value] = [part.strip()[2:] for part in header.split(",") if part.strip().startswith("t=")]
+    return int(value)
 
 
 async def events_of(srv: RunningServer, tenant_id: str, **flt: Any) -> list[Doc]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import itertools
 import random
+import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -13,6 +15,7 @@ from stellar_sdk import Keypair
 from conftest import make_tenant_doc
 from kyc_host.callbacks.retry import Backoff, plan, retry_after
 from kyc_host.callbacks.signing import (
+    MAX_SKEW_SECONDS,
     sep12_signature,
     url_host,
     verify_sep12,
@@ -107,6 +110,61 @@ def test_webhook_signature_carries_one_v1_per_secret() -> None:
         assert verify_webhook(header, b"{}", secret, now=1_700_000_000)
     assert not verify_webhook(header, b"{}", b"other", now=1_700_000_000)
     assert not verify_webhook(header, b"{}", b"new-secret", now=1_700_001_000)
+
+
+SKEW_URL = "https://wallet.example/cb"
+SKEW_BODY = b'{"id":"x","status":"PROCESSING"}'
+SKEW_KEY = Keypair.random()
+SKEW_SECRET = b"skew-test-secret-0123456789abcdef"
+
+
+def _sep12_check(t: int, now: float | None, max_skew: float) -> bool:
+    header = sep12_signature(SKEW_KEY, SKEW_URL, SKEW_BODY, t)
+    return verify_sep12(header, SKEW_URL, SKEW_BODY, SKEW_KEY.public_key, now=now,
+                        max_skew=max_skew)
+
+
+def _webhook_check(t: int, now: float | None, max_skew: float) -> bool:
+    header = webhook_signature([SKEW_SECRET], SKEW_BODY, t)
+    return verify_webhook(header, SKEW_BODY, SKEW_SECRET, now=now, max_skew=max_skew)
+
+
+VERIFIERS = pytest.mark.parametrize("check", [_sep12_check, _webhook_check],
+                                    ids=["sep12", "webhook"])
+Check = Callable[[int, float | None, float], bool]
+
+
+@VERIFIERS
+@pytest.mark.parametrize(("offset", "accepted"), [
+    (0, True),
+    (-MAX_SKEW_SECONDS, True),  # exactly at the bound, either side, still fresh
+    (MAX_SKEW_SECONDS, True),
+    (-(MAX_SKEW_SECONDS + 1), False),  # stale: a captured request replayed later
+    (MAX_SKEW_SECONDS + 1, False),  # from the future: a sender clock ahead, or a forged t
+    (-24 * 3600, False),
+    (24 * 3600, False),
+])
+def test_verifier_refuses_t_outside_the_skew_either_way(check: Check, offset: int,
+                                                         accepted: bool) -> None:
+    """A correctly signed header is accepted only while |now - t| <= MAX_SKEW_SECONDS (the
+    SEP-12 "1-2 minutes" receivers are told to allow); ``offset`` is t - now."""
+    now = 1_700_000_000
+    assert check(now + offset, float(now), MAX_SKEW_SECONDS) is accepted
+
+
+@VERIFIERS
+def test_verifier_skew_is_the_receivers_choice_and_uses_its_clock(check: Check) -> None:
+    """A receiver may tighten the bound (the reliability plan's 5 s); without ``now`` the
+    receiver's own clock is used."""
+    now = 1_700_000_000
+    assert check(now - 5, float(now), 5)
+    assert check(now + 5, float(now), 5)
+    assert not check(now - 6, float(now), 5)
+    assert not check(now + 6, float(now), 5)
+    wall = int(time.time())
+    assert check(wall, None, MAX_SKEW_SECONDS)
+    assert not check(wall - 3600, None, MAX_SKEW_SECONDS)
+    assert not check(wall + 3600, None, MAX_SKEW_SECONDS)
 
 
 def tenant(**sections: Any) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from callbacks.cb_helpers import (
     decide,
     events_of,
     eventually,
+    signed_at,
     signing_key,
 )
 from conftest import MakeServer
@@ -60,6 +61,9 @@ async def test_status_change_sends_one_signed_post_equal_to_get(
     assert hit.json["status"] == "PROCESSING"
     assert hit.headers["Content-Type"] == "application/json"
     assert hit.headers["X-Stellar-Signature"] == hit.headers["Signature"]
+    # The signed t is the sender's clock at this attempt (reliability plan: skew <= 5 s),
+    # never ahead of the receiver's (one host clock here; t is whole seconds, rounded down).
+    assert 0 <= hit.received_at - signed_at(hit) <= 5
     url = receiver.url("/w1")
     assert verify_sep12(hit.headers["Signature"], url, hit.body, signing_key(srv, "t1"))
     assert not verify_sep12(hit.headers["Signature"], url, hit.body, signing_key(srv, "t2"))

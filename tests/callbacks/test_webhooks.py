@@ -18,6 +18,7 @@ from callbacks.cb_helpers import (
     cb_doc,
     events_of,
     eventually,
+    signed_at,
 )
 from conftest import MakeServer, RunningServer
 from kyc_host import audit
@@ -97,6 +98,9 @@ async def test_webhooks_are_signed_with_both_secrets_and_carry_no_pii(
         assert verify_webhook(header, hit.body, PREVIOUS.encode())
         assert not verify_webhook(header, hit.body, b"some-other-tenant-secret-000000")
         assert not verify_webhook(header, hit.body + b" ", CURRENT.encode())
+        # t is the sender's clock at the attempt: within 5 s of receipt (reliability plan).
+        assert hit.headers["Webhook-Timestamp"] == str(signed_at(hit))
+        assert 0 <= hit.received_at - signed_at(hit) <= 5
     # The other tenant's endpoint got nothing; erasure is announced, without data.
     assert receiver.sinks["/t2/events"].hits == []
     assert (await wallet.delete()).status == 200
