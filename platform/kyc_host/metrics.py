@@ -69,6 +69,10 @@ class Metrics:
         self.upload_paced = Counter(
             "kyc_upload_paced_seconds", "Time uploads were held back by their tenant's "
             "upload_bytes_per_second, by tenant.", ["tenant"], registry=registry)
+        self.upload_admission_wait = Counter(
+            "kyc_upload_admission_wait_seconds", "Time uploads waited for their turn in their "
+            "tenant's upload_bytes_per_second before their body was read, by tenant.",
+            ["tenant"], registry=registry)
         self.rate_limited = Counter(
             "kyc_rate_limited", "Requests refused with 429 by a tenant limit, by limit name.",
             ["tenant", "limit"], registry=registry)

@@ -1,9 +1,10 @@
 """``limits.upload_bytes_per_second``: one tenant's uploads are metered per process.
 
-The bucket itself is checked with a hand-driven clock (no timing in tests); over HTTP the
-tests show that a paced upload is held back and still stored whole, that the other tenant's
-uploads are not held back at all, and that uploads that could not arrive within half the
-body timeout are refused up front with a 429 naming the limit, leaving nothing stored.
+The bucket and its waiting line are checked with a hand-driven clock (no timing in tests);
+over HTTP the tests show that a paced upload is held back and still stored whole, that the
+other tenant's uploads are not held back at all, that uploads beyond the tenant's share wait
+for their turn and are then stored, and that uploads whose turn cannot come within half the
+body timeout are refused with a 429 naming the limit, leaving nothing stored.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import MakeServer, RunningServer
 from kyc_host.errors import LimitExceeded
-from kyc_host.ratelimit.pacing import BytePacer
+from kyc_host.ratelimit.pacing import MAX_WAITING, BytePacer
 from sep12.sep12_helpers import ALICE, Wallet, kyc_doc, png_of_size
 
 KIB = 1024
@@ -43,19 +44,68 @@ def test_bucket_holds_one_second_and_concurrent_uploads_share_it() -> None:
     assert pacer.take(100 * KIB) == 0.0  # idle time refills at most one second
 
 
-def test_admission_refuses_what_could_not_arrive_in_time() -> None:
+async def test_admission_at_once_while_it_fits_then_first_come_first_served() -> None:
     clock = Clock()
     pacer = BytePacer(100 * KIB, clock)
-    pacer.admit(300 * KIB, max_wait=3.0)  # 1 s in the bucket + 2 s of refill: fits
+    await pacer.admit(300 * KIB, max_wait=3.0)  # 1 s in the bucket + 2 s of refill: fits
     assert pacer.queued == 300 * KIB
+    # Two more would end 5 s out: they wait, in order, and nothing of theirs is queued.
+    second = asyncio.create_task(pacer.admit(300 * KIB, max_wait=3.0))
+    third = asyncio.create_task(pacer.admit(200 * KIB, max_wait=3.0))
+    await asyncio.sleep(0.05)
+    assert (pacer.waiting, pacer.queued) == (2, 300 * KIB)
+    assert not second.done()
+    assert not third.done()
+    # A small body (a JSON PUT) does not wait behind them.
+    await asyncio.wait_for(pacer.admit(2 * KIB, max_wait=3.0), 1.0)
+    pacer.release(2 * KIB)
+    # The first upload's bytes arrive: the head of the line fits now, the one behind not yet.
+    pacer.release(200 * KIB)
+    await asyncio.wait_for(second, 1.0)
+    assert (pacer.waiting, pacer.queued) == (1, 400 * KIB)
+    pacer.release(400 * KIB)
+    await asyncio.wait_for(third, 1.0)
+    assert (pacer.waiting, pacer.queued) == (0, 200 * KIB)
+
+
+async def test_admission_waits_at_most_max_wait_and_refuses_queuing_nothing() -> None:
+    pacer = BytePacer(100 * KIB, Clock())  # the clock stands still: nothing refills
+    await pacer.admit(300 * KIB, max_wait=3.0)
     with pytest.raises(LimitExceeded) as refused:
-        pacer.admit(300 * KIB, max_wait=3.0)  # would end 5 s out
+        await pacer.admit(100 * KIB, max_wait=0.05)  # could arrive in time alone, not now
     assert refused.value.limit == "upload_bytes_per_second"
-    assert refused.value.headers["Retry-After"] == "2"
-    assert pacer.queued == 300 * KIB  # the refused upload queued nothing
-    pacer.release(200 * KIB)  # the first upload's bytes arrive (or it ends short)
-    pacer.admit(300 * KIB, max_wait=3.0)
-    assert pacer.queued == 400 * KIB
+    assert int(refused.value.headers["Retry-After"]) >= 1
+    assert (pacer.waiting, pacer.queued) == (0, 300 * KIB)
+
+
+async def test_the_line_is_bounded_and_a_client_that_leaves_frees_its_place() -> None:
+    pacer = BytePacer(100 * KIB, Clock())
+    await pacer.admit(300 * KIB, max_wait=3.0)
+    line = [asyncio.create_task(pacer.admit(300 * KIB, max_wait=3.0))
+            for _ in range(MAX_WAITING)]
+    await asyncio.sleep(0.05)
+    assert pacer.waiting == MAX_WAITING
+    with pytest.raises(LimitExceeded):  # refused at once, not after its 3 s
+        await asyncio.wait_for(pacer.admit(300 * KIB, max_wait=3.0), 1.0)
+    line[0].cancel()  # the first waiter's client went away
+    await asyncio.gather(line[0], return_exceptions=True)
+    assert pacer.waiting == MAX_WAITING - 1
+    pacer.release(300 * KIB)  # the next one in line is admitted
+    await asyncio.wait_for(line[1], 1.0)
+    assert pacer.queued == 300 * KIB
+    for task in line[2:]:
+        task.cancel()
+    await asyncio.gather(*line[2:], return_exceptions=True)
+    assert (pacer.waiting, pacer.queued) == (0, 300 * KIB)
+
+
+async def test_an_upload_that_could_never_arrive_in_time_is_refused_at_once() -> None:
+    pacer = BytePacer(100 * KIB, Clock())
+    with pytest.raises(LimitExceeded) as refused:
+        await asyncio.wait_for(pacer.admit(500 * KIB, max_wait=3.0), 1.0)
+    assert "even alone" in refused.value.message
+    assert "Retry-After" not in refused.value.headers  # retrying would not help
+    assert (pacer.waiting, pacer.queued) == (0, 0)
 
 
 async def paced_seconds(srv: RunningServer) -> dict[str, float]:
@@ -94,17 +144,49 @@ async def test_paced_upload_is_stored_whole_and_the_other_tenant_is_not_held(
         assert "photo_id_front" in got.json["provided_fields"]
 
 
-async def test_uploads_that_could_not_arrive_in_time_are_refused_before_reading(
+async def admission_waits(srv: RunningServer) -> dict[str, float]:
+    reply = await srv.fetch("", "/metrics", admin=True)
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(reply.body.decode()):
+        for sample in family.samples:
+            if sample.name == "kyc_upload_admission_wait_seconds_total":
+                out[sample.labels["tenant"]] = sample.value
+    return out
+
+
+async def test_uploads_beyond_the_share_wait_their_turn_and_are_stored(
         make_server: MakeServer) -> None:
-    # With a 4 s body timeout t1 may queue 2 s of its 64 KiB/s: 128 KiB (plus what its
-    # bucket holds). Of six concurrent 48 KiB uploads some must be refused up front.
+    # 10 s body timeout: t1 may queue 5 s of its 64 KiB/s (plus what its bucket holds), so of
+    # five concurrent 100 KiB uploads three start at once and two wait for room (until the
+    # first bytes have arrived: about a second at most), well within their 5 s.
     srv = await make_server(paced_doc("t1", "a.test", 64 * KIB),
-                            paced_doc("t2", "b.test", 64 * KIB), body_timeout_seconds=4.0)
-    wallets = [Wallet(srv, "a.test", "t1") for _ in range(6)]
-    photo = png_of_size(48 * KIB)
+                            paced_doc("t2", "b.test", 64 * KIB), body_timeout_seconds=10.0)
+    wallets = [Wallet(srv, "a.test", "t1") for _ in range(5)]
+    photo = png_of_size(100 * KIB)
+    replies = await asyncio.gather(*(w.put_multipart(photo_parts(photo)) for w in wallets))
+    assert [r.status for r in replies] == [202] * 5, [r.body for r in replies]
+    for wallet, reply in zip(wallets, replies, strict=True):
+        assert (await wallet.get()).json["id"] == reply.json["id"]
+    waits = await admission_waits(srv)
+    assert waits.get("t1", 0.0) > 0.0
+    assert waits.get("t2", 0.0) == 0.0
+    other = await Wallet(srv, "b.test", "t2").put_multipart(photo_parts(png_of_size(8 * KIB)))
+    assert other.status == 202, other.body
+    assert (await admission_waits(srv)).get("t2", 0.0) == 0.0
+
+
+async def test_uploads_whose_turn_cannot_come_in_time_are_refused_before_reading(
+        make_server: MakeServer) -> None:
+    # 2 s body timeout: t1 may queue 1 s of its 64 KiB/s. The first 120 KiB upload starts at
+    # once (its last byte 0.9 s out); the next could start only once the first has arrived
+    # and the bucket has refilled 56 KiB, about 1.75 s from now: past its 1 s of waiting.
+    srv = await make_server(paced_doc("t1", "a.test", 64 * KIB),
+                            paced_doc("t2", "b.test", 64 * KIB), body_timeout_seconds=2.0)
+    wallets = [Wallet(srv, "a.test", "t1") for _ in range(3)]
+    photo = png_of_size(120 * KIB)
     replies = await asyncio.gather(*(w.put_multipart(photo_parts(photo)) for w in wallets))
     statuses = sorted(r.status for r in replies)
-    assert set(statuses) == {202, 429}, statuses
+    assert statuses == [202, 429, 429], statuses
     for wallet, reply in zip(wallets, replies, strict=True):
         got = (await wallet.get()).json
         if reply.status == 429:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable
 
 from tornado.web import stream_request_body
@@ -72,8 +73,6 @@ class Sep12Handler(BaseHandler):
         token = bearer_token(self.request.headers.get("Authorization"))
         self.identity = verify_token(self.tenant, token)
         self._buffer = BodyBuffer(self.body_limit(), self.request.headers.get("Content-Length"))
-        if self.request.method in self.paced_methods:
-            self._admit_upload()
 
     def compute_etag(self) -> None:
         """No ETag: answers are one customer's current state, sent ``Cache-Control: no-store``,
@@ -98,13 +97,20 @@ class Sep12Handler(BaseHandler):
             return self._pace(len(chunk))
         return None
 
-    def _admit_upload(self) -> None:
-        """Queue this upload's declared length in its tenant's bandwidth share, or refuse it
-        (429) before any byte is read if it could not arrive within half the body timeout
-        (ratelimit/pacing.py)."""
+    async def _admit_upload(self) -> None:
+        """Queue this upload's declared length in its tenant's bandwidth share, waiting for
+        its turn if need be, before any byte is read; 429 if its turn does not come within
+        half the body timeout (ratelimit/pacing.py). Called after the rate limits."""
         length = self.request.headers.get("Content-Length", "")
         declared = int(length) if length.isdigit() else 0  # BodyBuffer refused the others
-        upload_pacer(self.tenant).admit(declared, self.services.settings.body_timeout_seconds / 2)
+        pacer = upload_pacer(self.tenant)
+        waited = time.monotonic()
+        try:
+            await pacer.admit(declared, self.services.settings.body_timeout_seconds / 2)
+        finally:
+            waited = time.monotonic() - waited
+            if waited > 0.001:
+                self.services.metrics.upload_admission_wait.labels(self.tenant.id).inc(waited)
         self._admitted = declared
 
     def _release_upload(self) -> None:
@@ -175,6 +181,7 @@ class CustomerHandler(Sep12Handler):
         await limits.limit(self, "customer_puts_per_account", self.identity.sub)
         if _is_multipart(self.request.headers.get("Content-Type")):
             await _limit_uploads(self)
+        await self._admit_upload()
 
     async def get(self) -> None:
         self.write_json(await self.sep12.get_customer(self.identity, self.query()))
@@ -228,7 +235,11 @@ class FilesHandler(Sep12Handler):
 
     def prepare(self) -> Awaitable[None] | None:  # type: ignore[override]
         super().prepare()
-        return _limit_uploads(self) if self.request.method == "POST" else None
+        return self._limit_post() if self.request.method == "POST" else None
+
+    async def _limit_post(self) -> None:
+        await _limit_uploads(self)
+        await self._admit_upload()
 
     async def get(self) -> None:
         self.write_json(await self.sep12.list_files(self.identity, self.query()))
