@@ -17,6 +17,7 @@ from kyc_host.management.auth import TokenCache
 from kyc_host.metrics import Metrics
 from kyc_host.net import HorizonClient, SafeHttpClient
 from kyc_host.ratelimit.limiter import RateLimiter
+from kyc_host.ratelimit.pacing import UploadPacers
 from kyc_host.settings import PlatformSettings
 from kyc_host.store.base import Store
 from kyc_host.tenancy.registry import TenantRegistry
@@ -69,6 +70,8 @@ class Services:
     callback_metrics: CallbackMetrics = field(default_factory=CallbackMetrics)
     #: Per-tenant request rate limits: local counts + store windows (ratelimit/limiter.py).
     limiter: RateLimiter = field(default_factory=RateLimiter)
+    #: Per-tenant upload bandwidth buckets and waiting lines (ratelimit/pacing.py).
+    upload_pacers: UploadPacers = field(default_factory=UploadPacers)
     #: Key jobs (rotate-kek, reindex) started through the management API in this process.
     key_jobs: KeyJobs = field(default_factory=KeyJobs)
     draining: bool = False

@@ -10,14 +10,16 @@ body timeout are refused with a 429 naming the limit, leaving nothing stored.
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import MakeServer, RunningServer
-from kyc_host.errors import LimitExceeded
-from kyc_host.ratelimit.pacing import MAX_WAITING, BytePacer
+from kyc_host.errors import ApiError, LimitExceeded, ServiceUnavailable
+from kyc_host.ratelimit.pacing import CHECK_SECONDS, MAX_WAITING, BytePacer
 from sep12.sep12_helpers import ALICE, Wallet, kyc_doc, png_of_size
 
 KIB = 1024
@@ -69,10 +71,16 @@ async def test_admission_at_once_while_it_fits_then_first_come_first_served() ->
 
 
 async def test_admission_waits_at_most_max_wait_and_refuses_queuing_nothing() -> None:
-    pacer = BytePacer(100 * KIB, Clock())  # the clock stands still: nothing refills
+    clock = Clock()
+    pacer = BytePacer(100 * KIB, clock)
     await pacer.admit(300 * KIB, max_wait=3.0)
+    waiter = asyncio.create_task(pacer.admit(100 * KIB, max_wait=1.0))  # alone it would fit
+    await asyncio.sleep(0.05)
+    assert pacer.waiting == 1
+    clock.now += 1.5  # past its second of waiting, and nothing arrived
+    pacer.release(0)  # (the queue moving wakes it to look again)
     with pytest.raises(LimitExceeded) as refused:
-        await pacer.admit(100 * KIB, max_wait=0.05)  # could arrive in time alone, not now
+        await asyncio.wait_for(waiter, 1.0)
     assert refused.value.limit == "upload_bytes_per_second"
     assert int(refused.value.headers["Retry-After"]) >= 1
     assert (pacer.waiting, pacer.queued) == (0, 300 * KIB)
@@ -99,11 +107,25 @@ async def test_the_line_is_bounded_and_a_client_that_leaves_frees_its_place() ->
     assert (pacer.waiting, pacer.queued) == (0, 300 * KIB)
 
 
+async def test_a_waiting_upload_stops_when_told_to_give_up() -> None:
+    pacer = BytePacer(100 * KIB)
+    await pacer.admit(300 * KIB, max_wait=3.0)
+    reason: list[ApiError] = []
+    waiter = asyncio.create_task(pacer.admit(200 * KIB, max_wait=3.0,
+                                             give_up=lambda: reason[0] if reason else None))
+    await asyncio.sleep(0.05)
+    assert pacer.waiting == 1
+    reason.append(ServiceUnavailable("draining", retry_after=1))
+    with pytest.raises(ServiceUnavailable):
+        await asyncio.wait_for(waiter, CHECK_SECONDS + 1.0)  # well before its 3 s
+    assert (pacer.waiting, pacer.queued) == (0, 300 * KIB)
+
+
 async def test_an_upload_that_could_never_arrive_in_time_is_refused_at_once() -> None:
     pacer = BytePacer(100 * KIB, Clock())
     with pytest.raises(LimitExceeded) as refused:
-        await asyncio.wait_for(pacer.admit(500 * KIB, max_wait=3.0), 1.0)
-    assert "even alone" in refused.value.message
+        await asyncio.wait_for(pacer.admit(301 * KIB, max_wait=3.0), 1.0)
+    assert "cannot arrive" in refused.value.message
     assert "Retry-After" not in refused.value.headers  # retrying would not help
     assert (pacer.waiting, pacer.queued) == (0, 0)
 
@@ -154,6 +176,7 @@ async def admission_waits(srv: RunningServer) -> dict[str, float]:
     return out
 
 
+@pytest.mark.slow
 async def test_uploads_beyond_the_share_wait_their_turn_and_are_stored(
         make_server: MakeServer) -> None:
     # 10 s body timeout: t1 may queue 5 s of its 64 KiB/s (plus what its bucket holds), so of
@@ -177,16 +200,17 @@ async def test_uploads_beyond_the_share_wait_their_turn_and_are_stored(
 
 async def test_uploads_whose_turn_cannot_come_in_time_are_refused_before_reading(
         make_server: MakeServer) -> None:
-    # 2 s body timeout: t1 may queue 1 s of its 64 KiB/s. The first 120 KiB upload starts at
-    # once (its last byte 0.9 s out); the next could start only once the first has arrived
-    # and the bucket has refilled 56 KiB, about 1.75 s from now: past its 1 s of waiting.
+    # 6 s body timeout: t1 may queue 3 s of its 64 KiB/s. Of four concurrent 180 KiB uploads
+    # the first starts at once, the second once about 1.6 s of the first have arrived; the
+    # third could start only about 4.4 s from now and the fourth later still: past their 3 s
+    # of waiting, so both are refused, with their bodies never read.
     srv = await make_server(paced_doc("t1", "a.test", 64 * KIB),
-                            paced_doc("t2", "b.test", 64 * KIB), body_timeout_seconds=2.0)
-    wallets = [Wallet(srv, "a.test", "t1") for _ in range(3)]
-    photo = png_of_size(120 * KIB)
+                            paced_doc("t2", "b.test", 64 * KIB), body_timeout_seconds=6.0)
+    wallets = [Wallet(srv, "a.test", "t1") for _ in range(4)]
+    photo = png_of_size(180 * KIB)
     replies = await asyncio.gather(*(w.put_multipart(photo_parts(photo)) for w in wallets))
     statuses = sorted(r.status for r in replies)
-    assert statuses == [202, 429, 429], statuses
+    assert statuses == [202, 202, 429, 429], statuses
     for wallet, reply in zip(wallets, replies, strict=True):
         got = (await wallet.get()).json
         if reply.status == 429:
@@ -201,3 +225,85 @@ async def test_uploads_whose_turn_cannot_come_in_time_are_refused_before_reading
     other = await Wallet(srv, "b.test", "t2").put_multipart(photo_parts(png_of_size(8 * KIB)))
     assert other.status == 202, other.body
     assert (await paced_seconds(srv)).get("t2", 0.0) == 0.0
+
+
+async def raw_upload(srv: RunningServer, host: str, token: str, length: int, *,
+                     expect: bool = False, body: bytes = b"") -> tuple[asyncio.StreamReader,
+                                                                        asyncio.StreamWriter]:
+    """A multipart PUT /kyc/customer declaring ``length`` bytes: headers and ``body`` sent."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", srv.public_port)
+    head = (f"PUT /kyc/customer HTTP/1.1\r\nHost: {host}\r\n"
+            f"Authorization: Bearer {token}\r\n"
+            "Content-Type: multipart/form-data; boundary=b\r\n"
+            f"Content-Length: {length}\r\n" + ("Expect: 100-continue\r\n" if expect else "")
+            + "\r\n")
+    writer.write(head.encode() + body)
+    await writer.drain()
+    return reader, writer
+
+
+async def eventually(check: Any, what: str, seconds: float = 15.0) -> None:
+    for _ in range(int(seconds / 0.05)):
+        if check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not within {seconds:g} s: {what}")
+
+
+@pytest.mark.slow
+async def test_a_client_that_leaves_while_waiting_loses_its_place(
+        make_server: MakeServer) -> None:
+    # 64 KiB/s, 20 s body timeout: t1 may queue 10 s. One admitted 600 KiB upload that never
+    # sends its body keeps the line waiting; each waiter's 400 KiB could start only after it.
+    srv = await make_server(paced_doc("t1", "a.test", 64 * KIB),
+                            paced_doc("t2", "b.test", 64 * KIB), body_timeout_seconds=20.0)
+    token = Wallet(srv, "a.test", "t1").token
+    holder = await raw_upload(srv, "a.test", token, 600 * KIB)
+    await eventually(lambda: (p := srv.services.upload_pacers.get("t1")) is not None
+                     and p.queued == 600 * KIB, "the first upload admitted")
+    pacer = srv.services.upload_pacers.get("t1")
+    assert pacer is not None
+    # Three waiters: one sent headers only, one part of its body, one is reset (RST).
+    waiters = [await raw_upload(srv, "a.test", token, 400 * KIB),
+               await raw_upload(srv, "a.test", token, 400 * KIB, body=b"x" * 50 * KIB),
+               await raw_upload(srv, "a.test", token, 400 * KIB, expect=True)]
+    await eventually(lambda: pacer.waiting == 3, "three uploads waiting")
+    waiters[0][1].close()
+    waiters[1][1].close()
+    sock = waiters[2][1].get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    waiters[2][1].close()  # SO_LINGER 0: the close sends a reset
+    # Their places are freed long before their 10 s of waiting would end.
+    await eventually(lambda: pacer.waiting == 0, "the waiters that left gone from the line",
+                     seconds=5.0)
+    assert pacer.queued == 600 * KIB  # nothing of theirs was queued
+    holder[1].close()
+    await eventually(lambda: pacer.queued == 0, "the holder's share released")
+    # t1 takes uploads again at once.
+    again = await Wallet(srv, "a.test", "t1").put_multipart(photo_parts(png_of_size(8 * KIB)))
+    assert again.status == 202, again.body
+
+
+async def test_an_upload_waiting_when_the_server_stops_is_answered_503(
+        make_server: MakeServer) -> None:
+    srv = await make_server(paced_doc("t1", "a.test", 64 * KIB),
+                            paced_doc("t2", "b.test", 64 * KIB), body_timeout_seconds=20.0)
+    token = Wallet(srv, "a.test", "t1").token
+    holder = await raw_upload(srv, "a.test", token, 600 * KIB)
+    await eventually(lambda: (p := srv.services.upload_pacers.get("t1")) is not None
+                     and p.queued == 600 * KIB, "the first upload admitted")
+    reader, writer = await raw_upload(srv, "a.test", token, 400 * KIB, expect=True)
+    pacer = srv.services.upload_pacers.get("t1")
+    assert pacer is not None
+    await eventually(lambda: pacer.waiting == 1, "an upload waiting")
+    stop = asyncio.ensure_future(srv.server.stop(3.0))
+    # It is answered (not cut, not kept until its 10 s of waiting end), 503 with Retry-After,
+    # and never told to continue.
+    answer = await asyncio.wait_for(reader.read(4096), 10.0)
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line.startswith(b"HTTP/1.1 503"), answer
+    assert b"Retry-After: 1" in rest
+    assert b"100 (Continue)" not in answer
+    writer.close()
+    holder[1].close()
+    await asyncio.wait_for(stop, 15.0)

@@ -15,12 +15,18 @@ of ``body_timeout_seconds``. Until then it waits its turn (first come, first ser
 most that same half) before any byte of its body is read: the client's body stays in its own
 socket buffers, and a client that sent ``Expect: 100-continue`` gets its ``100`` only once it
 is admitted. Waiting costs the server nothing but the connection. An upload is refused with
-a 429 naming the limit, with ``Retry-After``, only when its turn did not come in time, when
-:data:`MAX_WAITING` uploads of the tenant already wait in this process, or when it could not
-arrive in time even alone. Refusing at once instead (as before) answered a 10 MiB upload
-while its client was still sending: the connection was closed with its body unread, the
-client saw a reset instead of the 429, retried at once, and 20 such clients kept a server
-process busy refusing them (the noisy-neighbour benchmark, BENCHMARKS.md). A chunked body
+a 429 naming the limit, with ``Retry-After``, only when its turn did not come in time or when
+:data:`MAX_WAITING` uploads of the tenant already wait in this process; one larger than the
+tenant's rate times that half is refused at once (it could start only alone with a full
+bucket). A waiting upload whose client left, or whose server started draining, stops
+waiting within :data:`CHECK_SECONDS` (the handler decides: sep/sep12.py).
+
+Refusing at once instead (as before) answered a 10 MiB upload while its client was still
+sending: the connection was closed with its body unread, the client saw a reset instead of
+the 429, retried at once, and 20 such clients kept a server process busy refusing them (the
+noisy-neighbour benchmark, BENCHMARKS.md). A refusal after waiting still closes the
+connection with the body unread (a client without ``Expect: 100-continue`` may see a reset),
+but only after the wait. A chunked body
 (no length) is paced but not queued.
 """
 
@@ -34,17 +40,18 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from kyc_host.errors import LimitExceeded
+from kyc_host.errors import ApiError, LimitExceeded
 
 if TYPE_CHECKING:
     from kyc_host.tenancy.registry import Tenant
 
 LIMIT = "upload_bytes_per_second"
-_CACHE_KEY = "upload_pacer"
 #: Uploads of one tenant that may wait for their turn in one process; more are refused (429).
 MAX_WAITING = 64
 #: Bodies this small (a JSON PUT, a form) never wait in line: they are queued at once.
 SMALL_BYTES = 64 * 1024
+#: A waiting upload checks this often whether to give up (its client left, the server drains).
+CHECK_SECONDS = 1.0
 
 
 class _Waiter:
@@ -80,11 +87,14 @@ class BytePacer:
         self._refill()
         return (self.queued + size - self._tokens) / self.rate - max_wait
 
-    async def admit(self, size: int, max_wait: float) -> None:
+    async def admit(self, size: int, max_wait: float,
+                    give_up: Callable[[], ApiError | None] = lambda: None) -> None:
         """Queue an upload of ``size`` bytes so that its last byte can arrive within
         ``max_wait`` seconds: at once if it fits and nobody waits, else after waiting its turn
-        for at most ``max_wait``. Raises LimitExceeded, queuing nothing, when it cannot."""
-        if size > self.rate * (max_wait + 1):  # not even alone, with a full bucket
+        for at most ``max_wait``. Raises LimitExceeded, queuing nothing, when it cannot.
+        While it waits, ``give_up`` is asked every :data:`CHECK_SECONDS`: an error it returns
+        (the client left, the server is draining) is raised at once."""
+        if size > self.rate * max_wait:  # could start only alone with a full bucket: refuse
             raise self._refusal(math.inf)
         if size <= SMALL_BYTES or (not self._line and self.lateness(size, max_wait) <= 0):
             self.queued += size
@@ -93,21 +103,27 @@ class BytePacer:
             raise self._refusal(self.lateness(size, max_wait))
         me = _Waiter(size)
         self._line.append(me)
-        deadline = time.monotonic() + max_wait
+        deadline = self._clock() + max_wait
         try:
             while True:
                 late = self.lateness(size, max_wait)
                 if self._line[0] is me and late <= 0:
                     self.queued += size
                     return
-                left = deadline - time.monotonic()
+                left = deadline - self._clock()
                 if left <= 0:
                     raise self._refusal(late)
                 # The head also looks again when the bucket alone has refilled enough.
                 pause = min(left, max(late, 0.01)) if self._line[0] is me else left
                 me.woken.clear()
+                # (asyncio.timeout, not wait_for: in 3.11 wait_for can swallow a cancellation
+                # that arrives as the event is set, and the cancelled waiter would stay.)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(me.woken.wait(), pause)
+                    async with asyncio.timeout(min(pause, CHECK_SECONDS)):
+                        await me.woken.wait()
+                error = give_up()
+                if error is not None:
+                    raise error
         finally:
             self._line.remove(me)
             self._wake_head()
@@ -115,8 +131,8 @@ class BytePacer:
     def _refusal(self, late: float) -> LimitExceeded:
         if math.isinf(late):
             return LimitExceeded(
-                LIMIT, f"this upload cannot arrive within half the body timeout at this "
-                f"anchor's limits.{LIMIT} = {self.rate}, even alone")
+                LIMIT, "this upload cannot arrive within half the body timeout at this "
+                f"anchor's limits.{LIMIT} = {self.rate}")
         return LimitExceeded(
             LIMIT, f"too many uploads for this anchor at once (limits.{LIMIT} = "
             f"{self.rate}); retry later", retry_after=max(1, math.ceil(late)))
@@ -125,14 +141,22 @@ class BytePacer:
         if self._line:
             self._line[0].woken.set()
 
-    def take(self, size: int) -> float:
-        """``size`` bytes arrived; returns how long to pause before reading more (0: none)."""
+    def arrived(self, size: int, admitted: int) -> float:
+        """``size`` body bytes arrived, ``admitted`` of them queued at admission; returns how
+        long to pause before reading more (0: none). Wakes nobody: the bytes leave the queue
+        and the bucket alike, so the line's prospects are unchanged (the head's own timer
+        covers the refill)."""
+        self.queued = max(0, self.queued - admitted)
         self._refill()
         self._tokens -= size
         return max(0.0, -self._tokens / self.rate)
 
+    def take(self, size: int) -> float:
+        """``size`` bytes arrived that were never queued (a chunked body); see arrived()."""
+        return self.arrived(size, 0)
+
     def release(self, size: int) -> None:
-        """``size`` admitted bytes left the queue (they arrived, or the upload ended short)."""
+        """``size`` admitted bytes will not come (the upload ended or ended short)."""
         self.queued = max(0, self.queued - size)
         self._wake_head()
 
@@ -142,9 +166,22 @@ class BytePacer:
         self._last = now
 
 
-def upload_pacer(tenant: Tenant) -> BytePacer:
-    """The tenant's bucket in this process (a new tenant version starts a new one)."""
-    pacer = tenant.cache.get(_CACHE_KEY)
-    if not isinstance(pacer, BytePacer):
-        pacer = tenant.cache[_CACHE_KEY] = BytePacer(tenant.config.limits.upload_bytes_per_second)
-    return pacer
+class UploadPacers:
+    """The tenants' buckets in one process, by tenant id: a new version of a tenant keeps its
+    bucket and line (with the new rate), so a tenant file change neither doubles the share
+    for a while nor lets newcomers pass the uploads already waiting."""
+
+    def __init__(self) -> None:
+        self._by_tenant: dict[str, BytePacer] = {}
+
+    def get(self, tenant_id: str) -> BytePacer | None:
+        """The tenant's bucket if it has one in this process (for tests and diagnostics)."""
+        return self._by_tenant.get(tenant_id)
+
+    def of(self, tenant: Tenant) -> BytePacer:
+        rate = tenant.config.limits.upload_bytes_per_second
+        pacer = self._by_tenant.get(tenant.id)
+        if pacer is None:
+            pacer = self._by_tenant[tenant.id] = BytePacer(rate)
+        pacer.rate = rate
+        return pacer

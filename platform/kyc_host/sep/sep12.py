@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import Awaitable
 
 from tornado.web import stream_request_body
 
-from kyc_host.errors import ApiError
+from kyc_host.errors import ApiError, BadRequest, ServiceUnavailable
 from kyc_host.ratelimit import web as limits
-from kyc_host.ratelimit.pacing import upload_pacer
 from kyc_host.sep import sep9
 from kyc_host.sep.sep10_tokens import Identity, bearer_token, verify_token
 from kyc_host.sep.sep12_body import (
@@ -48,6 +48,8 @@ from kyc_host.web.base import BaseHandler
 
 log = logging.getLogger(__name__)
 
+#: ``tcpi_state`` of a connection both sides still have open (linux/tcp_states.h).
+_TCP_ESTABLISHED = 1
 #: Multipart part names that carry file contents (with or without ``filename=``).
 FILE_PARTS = sep9.binary_fields() | {"file"}
 
@@ -103,19 +105,31 @@ class Sep12Handler(BaseHandler):
         half the body timeout (ratelimit/pacing.py). Called after the rate limits."""
         length = self.request.headers.get("Content-Length", "")
         declared = int(length) if length.isdigit() else 0  # BodyBuffer refused the others
-        pacer = upload_pacer(self.tenant)
+        pacer = self.services.upload_pacers.of(self.tenant)
         waited = time.monotonic()
         try:
-            await pacer.admit(declared, self.services.settings.body_timeout_seconds / 2)
+            await pacer.admit(declared, self.services.settings.body_timeout_seconds / 2,
+                              self._stop_waiting)
         finally:
             waited = time.monotonic() - waited
             if waited > 0.001:
                 self.services.metrics.upload_admission_wait.labels(self.tenant.id).inc(waited)
         self._admitted = declared
 
+    def _stop_waiting(self) -> ApiError | None:
+        """Why an upload waiting for its turn should stop waiting, if it should. Tornado does
+        not watch a connection for its client leaving until the request is read, so the
+        socket is asked: a client that left must not keep its place in the line."""
+        if self.services.draining:
+            return ServiceUnavailable("the server is shutting down; retry", retry_after=1)
+        stream = self.request.connection.stream  # type: ignore[union-attr]
+        if stream is None or stream.closed() or _peer_closed(stream.socket):
+            return BadRequest("the client closed the connection while its upload waited")
+        return None
+
     def _release_upload(self) -> None:
         if self._admitted:
-            upload_pacer(self.tenant).release(self._admitted)
+            self.services.upload_pacers.of(self.tenant).release(self._admitted)
             self._admitted = 0
 
     def on_finish(self) -> None:
@@ -129,11 +143,9 @@ class Sep12Handler(BaseHandler):
     def _pace(self, size: int) -> Awaitable[None] | None:
         """Hold the upload back while its tenant is over ``upload_bytes_per_second``
         (ratelimit/pacing.py); Tornado reads no more of this body until the pause ends."""
-        pacer = upload_pacer(self.tenant)
-        arrived = min(size, self._admitted)
-        pacer.release(arrived)
-        self._admitted -= arrived
-        wait = pacer.take(size)
+        admitted = min(size, self._admitted)
+        self._admitted -= admitted
+        wait = self.services.upload_pacers.of(self.tenant).arrived(size, admitted)
         if wait <= 0:
             return None
         self.services.metrics.upload_paced.labels(self.tenant.id).inc(wait)
@@ -246,6 +258,18 @@ class FilesHandler(Sep12Handler):
 
     async def post(self) -> None:
         self.write_json(await self.sep12.upload_file(self.identity, self.body()))
+
+
+def _peer_closed(sock: socket.socket | None) -> bool:
+    """Whether the client closed or reset its side of the TCP connection (Linux: the socket
+    left ESTABLISHED, e.g. CLOSE_WAIT after its FIN); False where the kernel cannot say."""
+    if sock is None:
+        return True
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)
+    except (OSError, AttributeError):
+        return False
+    return info[0] != _TCP_ESTABLISHED
 
 
 def _is_multipart(content_type: str | None) -> bool:
