@@ -6,6 +6,11 @@ than a bound is refused before it runs -- :class:`StoreUnavailable`, which the r
 answers as 503 + Retry-After like a MongoDB operation past the client's timeoutMS -- so an
 overloaded process sheds load instead of letting requests run into client timeouts
 (reliability-plan L2 and F1: 503 within 5 s), and nothing of the refused work is half-done.
+
+The bound holds for a whole request too (:func:`start_request`, called as a request begins):
+a request whose operations each waited under the bound but together over it is refused at
+its next one. A PUT makes several store operations in a row; each waiting 2-3 s behind a
+busy writer, it ran into its client's 10 s timeout without any one of them being refused.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import contextvars
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
+from contextvars import ContextVar
 from typing import TypeVar
 
 from kyc_host.store.base import StoreUnavailable
@@ -23,12 +29,21 @@ T = TypeVar("T")
 
 #: The default bound (the MongoDB client's timeoutMS is 4 s too).
 QUEUE_TIMEOUT_SECONDS = 4.0
+#: Seconds the running request's work has waited for store threads so far (a one-item list,
+#: shared by the request's tasks and the threads working for it); None outside a request.
+_WAITED: ContextVar[list[float] | None] = ContextVar("kyc_store_waited", default=None)
+
+
+def start_request() -> None:
+    """Start counting the store-queue time of the request running in this task."""
+    _WAITED.set([0.0])
 
 
 async def run_bounded(pool: Executor, fn: Callable[[], T], *, bound: float, busy: str) -> T:
     """Run ``fn`` on ``pool`` and return its result.
 
-    If ``fn`` waited more than ``bound`` seconds for its thread it is not run:
+    If ``fn`` waited more than ``bound`` seconds for its thread -- or, within a request, the
+    request's store work has waited more than ``bound`` in all -- it is not run:
     ``StoreUnavailable(f"{busy} (waited over {bound:g} s)")`` is raised instead. ``fn`` runs
     in a copy of the caller's context, so the thread's log lines and traces name the request
     they work for (logs.bind_request), as work done on the event loop does.
@@ -36,7 +51,11 @@ async def run_bounded(pool: Executor, fn: Callable[[], T], *, bound: float, busy
     queued_at = time.monotonic()
 
     def call() -> T:
-        if time.monotonic() - queued_at > bound:
+        waited = time.monotonic() - queued_at
+        request = _WAITED.get()
+        if request is not None:
+            waited = request[0] = request[0] + waited
+        if waited > bound:
             raise StoreUnavailable(f"{busy} (waited over {bound:g} s)")
         return fn()
 

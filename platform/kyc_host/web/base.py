@@ -17,6 +17,7 @@ from tornado.web import HTTPError, RequestHandler
 from kyc_host.errors import ApiError, LimitExceeded, NotFound, ServiceUnavailable
 from kyc_host.logs import bind_request
 from kyc_host.services import Services
+from kyc_host.store import bounded
 from kyc_host.store.base import StoreUnavailable
 from kyc_host.tenancy.registry import Tenant
 
@@ -71,6 +72,7 @@ class BaseHandler(RequestHandler):
         # Every line logged while serving this request carries its id (and tenant, once
         # known): reliability-plan B8. prepare() runs in the request's own task.
         bind_request(self.request_id, None)
+        bounded.start_request()  # the request's store work waits 4 s in all, at most
         if self.resolves_tenant:
             self._shed_if_overloaded()
             self._tenant = self._resolve_tenant()
