@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -219,8 +219,10 @@ async def until(condition: Callable[[], bool], tasks: list[asyncio.Task[None]],
 # --- replaying the log of 202s ---------------------------------------------------------------
 
 
-async def check_acknowledged(srv: RunningServer, ledger: Ledger, least: int = 20) -> None:
-    """Every customer with a 202 holds its acknowledged values (see the module doc)."""
+async def check_acknowledged(srv: RunningServer, ledger: Ledger, least: int = 20,
+                             only: Sequence[Customer] | None = None) -> None:
+    """Every customer with a 202 holds its acknowledged values (see the module doc); with
+    ``only``, just those customers (the ones written since an earlier replay)."""
     tokens = {}
     for tenant_id in sorted({c.tenant_id for c in ledger.customers}):
         issued = await create_token(srv.services.store, tenant_id=tenant_id,
@@ -232,7 +234,7 @@ async def check_acknowledged(srv: RunningServer, ledger: Ledger, least: int = 20
         async with limit:
             await check_customer(srv, customer, tokens[customer.tenant_id])
 
-    acked = [c for c in ledger.customers if c.ids]
+    acked = [c for c in (ledger.customers if only is None else only) if c.ids]
     assert len(acked) >= least
     await asyncio.gather(*(check(c) for c in acked))
 
