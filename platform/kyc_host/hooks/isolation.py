@@ -16,7 +16,9 @@ after a failure only one worker runs until a call succeeds again, and after repe
 failures in a row restarts back off (a call waits for the back-off if it
 fits in its hook timeout, else fails after waiting the timeout, so a flood of retries is
 paced as if the plugin still hung) and a plugin that always hangs cannot make the server
-spend its CPU starting interpreters.
+spend its CPU starting interpreters. A call that has to wait for a worker is held for a
+random part (half to all) of its timeout, so that calls which queued together do not fail
+together (:meth:`WorkerPool.acquire`).
 
 The worker gets no platform secrets: a minimal environment, the tenant document (what
 ``ctx.config`` holds in-process) and the plugin's name. What needs the platform's handles
@@ -34,6 +36,7 @@ import contextlib
 import itertools
 import logging
 import os
+import random
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -61,6 +64,9 @@ STARTUP_TIMEOUT = 20.0
 #: worker, were what slowed the other tenant.
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 60.0
+#: A call that must wait for a worker is held for between this share of its wait and all of
+#: it, at random (WorkerPool.acquire).
+HOLD_JITTER = 0.5
 #: Hook errors after which the worker exits on its own (it is replaced).
 FATAL = frozenset({"MemoryError", "SystemExit", "KeyboardInterrupt"})
 #: A worker's CPU priority, set before it imports anything: below the server's. Workers run in
@@ -242,12 +248,22 @@ class WorkerPool:
         return [w.pid for w in self._all]
 
     async def acquire(self, wait: float) -> WorkerProcess:
-        """An idle worker, or a new one; waits ``wait`` seconds at most for a free slot."""
+        """An idle worker, or a new one; waits ``wait`` seconds at most for a free slot.
+
+        A call that cannot have a worker at once is held for a random part (between
+        :data:`HOLD_JITTER` and all) of ``wait``. Held for exactly ``wait``, a flood's calls
+        that queued together failed together: the noisy-neighbour benchmark's 64 flood
+        connections into a hung hook were answered in one burst every 2 s, and each burst
+        (their 500s and the flood's next 64 requests) held the event loop 100-200 ms, so the
+        other tenant's requests of that moment waited as long (BENCHMARKS.md)."""
+        if self._slots.locked() or (not self._idle and self._on_probation()):
+            wait *= _jitter()
         try:
             async with asyncio.timeout(wait):
                 await self._slots.acquire()
         except TimeoutError:
-            raise WorkerUnavailable(f"all {self.size} workers stayed busy for {wait:g}s") from None
+            raise WorkerUnavailable(
+                f"all {self.size} workers stayed busy for {wait:.1f}s") from None
         try:
             return await self._take(wait)
         except BaseException:
@@ -266,15 +282,16 @@ class WorkerPool:
                                                  or not self._on_probation() or self.closed)
             except TimeoutError:
                 raise WorkerUnavailable("one worker at a time after a failure, and it stayed "
-                                        f"busy for {wait:g}s") from None
+                                        f"busy for {wait:.1f}s") from None
             return await self._take(wait)
         if self._idle:
             return self._idle.pop()
         delay = self._retry_at - time.monotonic()
         if delay > wait:
-            # Hold the call for its timeout, as a hanging worker would, rather than fail at
-            # once: quick failures would let a client flood the server with retries.
-            await asyncio.sleep(wait)
+            # Hold the call for (a random part of) its timeout, as a hanging worker would,
+            # rather than fail at once: quick failures would let a client flood the server
+            # with retries.
+            await asyncio.sleep(wait * _jitter())
             raise WorkerUnavailable("worker restarts are backing off after "
                                     f"{self._failures} failures in a row")
         if delay > 0:
@@ -442,6 +459,11 @@ class IsolatedRunner(HookRunner):
             return (response.url, response.status, dict(response.headers), response.body)
         raise wire.WireError(f"unknown method {method!r} or bad arguments")
 
+
+
+def _jitter() -> float:
+    """A factor in [HOLD_JITTER, 1) spreading held calls apart (timing only, not security)."""
+    return random.uniform(HOLD_JITTER, 1.0)  # noqa: S311
 
 
 def _types(args: tuple[Any, ...], *kinds: Any) -> bool:
