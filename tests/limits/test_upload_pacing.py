@@ -130,14 +130,34 @@ async def test_an_upload_that_could_never_arrive_in_time_is_refused_at_once() ->
     assert (pacer.waiting, pacer.queued) == (0, 0)
 
 
-async def paced_seconds(srv: RunningServer) -> dict[str, float]:
+async def by_tenant(srv: RunningServer, sample_name: str) -> dict[str, float]:
+    """A per-tenant counter of the admin /metrics, by tenant id."""
     reply = await srv.fetch("", "/metrics", admin=True)
     out: dict[str, float] = {}
     for family in text_string_to_metric_families(reply.body.decode()):
         for sample in family.samples:
-            if sample.name == "kyc_upload_paced_seconds_total":
+            if sample.name == sample_name:
                 out[sample.labels["tenant"]] = sample.value
     return out
+
+
+async def paced_seconds(srv: RunningServer) -> dict[str, float]:
+    return await by_tenant(srv, "kyc_upload_paced_seconds_total")
+
+
+async def admission_waits(srv: RunningServer) -> dict[str, float]:
+    return await by_tenant(srv, "kyc_upload_admission_wait_seconds_total")
+
+
+async def t1_takes_uploads_again_and_t2_was_never_held(srv: RunningServer,
+                                                        t1: Wallet) -> None:
+    """Once t1's queue has drained it is admitted again; t2's share was never touched."""
+    again = await t1.put_multipart(photo_parts(png_of_size(8 * KIB)))
+    assert again.status == 202, again.body
+    other = await Wallet(srv, "b.test", "t2").put_multipart(photo_parts(png_of_size(8 * KIB)))
+    assert other.status == 202, other.body
+    assert (await paced_seconds(srv)).get("t2", 0.0) == 0.0
+    assert (await admission_waits(srv)).get("t2", 0.0) == 0.0
 
 
 def paced_doc(tenant_id: str, host: str, rate: int) -> dict[str, Any]:
@@ -166,14 +186,16 @@ async def test_paced_upload_is_stored_whole_and_the_other_tenant_is_not_held(
         assert "photo_id_front" in got.json["provided_fields"]
 
 
-async def admission_waits(srv: RunningServer) -> dict[str, float]:
-    reply = await srv.fetch("", "/metrics", admin=True)
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(reply.body.decode()):
-        for sample in family.samples:
-            if sample.name == "kyc_upload_admission_wait_seconds_total":
-                out[sample.labels["tenant"]] = sample.value
-    return out
+async def concurrent_uploads(make_server: MakeServer, body_timeout: float, count: int,
+                             size: int) -> tuple[RunningServer, list[Wallet], list[Any]]:
+    """t1 and t2 at 64 KiB/s each; ``count`` t1 wallets upload a ``size`` photo at once."""
+    srv = await make_server(paced_doc("t1", "a.test", 64 * KIB),
+                            paced_doc("t2", "b.test", 64 * KIB),
+                            body_timeout_seconds=body_timeout)
+    wallets = [Wallet(srv, "a.test", "t1") for _ in range(count)]
+    photo = png_of_size(size)
+    replies = await asyncio.gather(*(w.put_multipart(photo_parts(photo)) for w in wallets))
+    return srv, wallets, list(replies)
 
 
 @pytest.mark.slow
@@ -182,20 +204,12 @@ async def test_uploads_beyond_the_share_wait_their_turn_and_are_stored(
     # 10 s body timeout: t1 may queue 5 s of its 64 KiB/s (plus what its bucket holds), so of
     # five concurrent 100 KiB uploads three start at once and two wait for room (until the
     # first bytes have arrived: about a second at most), well within their 5 s.
-    srv = await make_server(paced_doc("t1", "a.test", 64 * KIB),
-                            paced_doc("t2", "b.test", 64 * KIB), body_timeout_seconds=10.0)
-    wallets = [Wallet(srv, "a.test", "t1") for _ in range(5)]
-    photo = png_of_size(100 * KIB)
-    replies = await asyncio.gather(*(w.put_multipart(photo_parts(photo)) for w in wallets))
+    srv, wallets, replies = await concurrent_uploads(make_server, 10.0, 5, 100 * KIB)
     assert [r.status for r in replies] == [202] * 5, [r.body for r in replies]
     for wallet, reply in zip(wallets, replies, strict=True):
         assert (await wallet.get()).json["id"] == reply.json["id"]
-    waits = await admission_waits(srv)
-    assert waits.get("t1", 0.0) > 0.0
-    assert waits.get("t2", 0.0) == 0.0
-    other = await Wallet(srv, "b.test", "t2").put_multipart(photo_parts(png_of_size(8 * KIB)))
-    assert other.status == 202, other.body
-    assert (await admission_waits(srv)).get("t2", 0.0) == 0.0
+    assert (await admission_waits(srv)).get("t1", 0.0) > 0.0
+    await t1_takes_uploads_again_and_t2_was_never_held(srv, wallets[0])
 
 
 async def test_uploads_whose_turn_cannot_come_in_time_are_refused_before_reading(
@@ -204,11 +218,7 @@ async def test_uploads_whose_turn_cannot_come_in_time_are_refused_before_reading
     # the first starts at once, the second once about 1.6 s of the first have arrived; the
     # third could start only about 4.4 s from now and the fourth later still: past their 3 s
     # of waiting, so both are refused, with their bodies never read.
-    srv = await make_server(paced_doc("t1", "a.test", 64 * KIB),
-                            paced_doc("t2", "b.test", 64 * KIB), body_timeout_seconds=6.0)
-    wallets = [Wallet(srv, "a.test", "t1") for _ in range(4)]
-    photo = png_of_size(180 * KIB)
-    replies = await asyncio.gather(*(w.put_multipart(photo_parts(photo)) for w in wallets))
+    srv, wallets, replies = await concurrent_uploads(make_server, 6.0, 4, 180 * KIB)
     statuses = sorted(r.status for r in replies)
     assert statuses == [202, 202, 429, 429], statuses
     for wallet, reply in zip(wallets, replies, strict=True):
@@ -219,12 +229,7 @@ async def test_uploads_whose_turn_cannot_come_in_time_are_refused_before_reading
             assert "id" not in got  # nothing of a refused upload is stored
         else:
             assert got["id"] == reply.json["id"]
-    # Once the queue has drained, t1 is admitted again; t2's share was never touched.
-    again = await wallets[0].put_multipart(photo_parts(png_of_size(8 * KIB)))
-    assert again.status == 202, again.body
-    other = await Wallet(srv, "b.test", "t2").put_multipart(photo_parts(png_of_size(8 * KIB)))
-    assert other.status == 202, other.body
-    assert (await paced_seconds(srv)).get("t2", 0.0) == 0.0
+    await t1_takes_uploads_again_and_t2_was_never_held(srv, wallets[0])
 
 
 async def raw_upload(srv: RunningServer, host: str, token: str, length: int, *,
@@ -250,11 +255,13 @@ async def eventually(check: Any, what: str, seconds: float = 15.0) -> None:
     raise AssertionError(f"not within {seconds:g} s: {what}")
 
 
-@pytest.mark.slow
-async def test_a_client_that_leaves_while_waiting_loses_its_place(
-        make_server: MakeServer) -> None:
-    # 64 KiB/s, 20 s body timeout: t1 may queue 10 s. One admitted 600 KiB upload that never
-    # sends its body keeps the line waiting; each waiter's 400 KiB could start only after it.
+Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def held_line(make_server: MakeServer) -> tuple[RunningServer, str, Stream, BytePacer]:
+    """64 KiB/s, 20 s body timeout: t1 may queue 10 s. One admitted 600 KiB upload (the
+    returned stream) that never sends its body keeps the line waiting: a 400 KiB upload could
+    start only after it."""
     srv = await make_server(paced_doc("t1", "a.test", 64 * KIB),
                             paced_doc("t2", "b.test", 64 * KIB), body_timeout_seconds=20.0)
     token = Wallet(srv, "a.test", "t1").token
@@ -263,6 +270,13 @@ async def test_a_client_that_leaves_while_waiting_loses_its_place(
                      and p.queued == 600 * KIB, "the first upload admitted")
     pacer = srv.services.upload_pacers.get("t1")
     assert pacer is not None
+    return srv, token, holder, pacer
+
+
+@pytest.mark.slow
+async def test_a_client_that_leaves_while_waiting_loses_its_place(
+        make_server: MakeServer) -> None:
+    srv, token, holder, pacer = await held_line(make_server)
     # Three waiters: one sent headers only, one part of its body, one is reset (RST).
     waiters = [await raw_upload(srv, "a.test", token, 400 * KIB),
                await raw_upload(srv, "a.test", token, 400 * KIB, body=b"x" * 50 * KIB),
@@ -286,15 +300,8 @@ async def test_a_client_that_leaves_while_waiting_loses_its_place(
 
 async def test_an_upload_waiting_when_the_server_stops_is_answered_503(
         make_server: MakeServer) -> None:
-    srv = await make_server(paced_doc("t1", "a.test", 64 * KIB),
-                            paced_doc("t2", "b.test", 64 * KIB), body_timeout_seconds=20.0)
-    token = Wallet(srv, "a.test", "t1").token
-    holder = await raw_upload(srv, "a.test", token, 600 * KIB)
-    await eventually(lambda: (p := srv.services.upload_pacers.get("t1")) is not None
-                     and p.queued == 600 * KIB, "the first upload admitted")
+    srv, token, holder, pacer = await held_line(make_server)
     reader, writer = await raw_upload(srv, "a.test", token, 400 * KIB, expect=True)
-    pacer = srv.services.upload_pacers.get("t1")
-    assert pacer is not None
     await eventually(lambda: pacer.waiting == 1, "an upload waiting")
     stop = asyncio.ensure_future(srv.server.stop(3.0))
     # It is answered (not cut, not kept until its 10 s of waiting end), 503 with Retry-After,
