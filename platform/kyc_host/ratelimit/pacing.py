@@ -26,8 +26,7 @@ sending: the connection was closed with its body unread, the client saw a reset 
 the 429, retried at once, and 20 such clients kept a server process busy refusing them (the
 noisy-neighbour benchmark, BENCHMARKS.md). A refusal after waiting still closes the
 connection with the body unread (a client without ``Expect: 100-continue`` may see a reset),
-but only after the wait. A chunked body
-(no length) is paced but not queued.
+but only after the wait. A chunked body (no length) is paced but not queued.
 """
 
 from __future__ import annotations
@@ -57,10 +56,9 @@ CHECK_SECONDS = 1.0
 class _Waiter:
     """An upload waiting for its turn; ``woken`` is set when the queue moved."""
 
-    __slots__ = ("size", "woken")
+    __slots__ = ("woken",)
 
-    def __init__(self, size: int) -> None:
-        self.size = size
+    def __init__(self) -> None:
         self.woken = asyncio.Event()
 
 
@@ -101,7 +99,7 @@ class BytePacer:
             return
         if len(self._line) >= MAX_WAITING:
             raise self._refusal(self.lateness(size, max_wait))
-        me = _Waiter(size)
+        me = _Waiter()
         self._line.append(me)
         deadline = self._clock() + max_wait
         try:

@@ -20,7 +20,6 @@ import contextvars
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
-from contextvars import ContextVar
 from typing import TypeVar
 
 from kyc_host.store.base import StoreUnavailable
@@ -31,7 +30,8 @@ T = TypeVar("T")
 QUEUE_TIMEOUT_SECONDS = 4.0
 #: Seconds the running request's work has waited for store threads so far (a one-item list,
 #: shared by the request's tasks and the threads working for it); None outside a request.
-_WAITED: ContextVar[list[float] | None] = ContextVar("kyc_store_waited", default=None)
+_WAITED: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar(
+    "kyc_store_waited", default=None)
 
 
 def start_request() -> None:
