@@ -27,6 +27,8 @@ from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 from conftest import MakeServer, RunningServer, make_tenant_doc
 from kyc_host.errors import ConfigError
 from kyc_host.net import SafeHttpClient
+from kyc_host.net.limits import HOLD_JITTER
+from kyc_host.sep.client_domain import FETCH_TIMEOUT
 from kyc_host.sep.sep10_tokens import issue_token
 from kyc_host.settings import load_settings
 
@@ -122,11 +124,19 @@ async def test_hanging_client_domain_fetches_are_bounded_and_do_not_touch_t2(
         make_server: MakeServer, hanging_site: HangingSite) -> None:
     srv = await hang_server(make_server, hanging_site)
     client = AsyncHTTPClient(force_instance=True, max_clients=CONCURRENT + 10)
-    try:
-        hung = [asyncio.ensure_future(fetch(
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    answered_after: list[float] = []
+
+    async def login() -> HTTPResponse:
+        answer = await fetch(
             client, srv, "a.test",
-            f"/auth?account={Keypair.random().public_key}&client_domain={HANG_HOST}"))
-            for _ in range(CONCURRENT)]
+            f"/auth?account={Keypair.random().public_key}&client_domain={HANG_HOST}")
+        answered_after.append(loop.time() - started)
+        return answer
+
+    try:
+        hung = [asyncio.ensure_future(login()) for _ in range(CONCURRENT)]
         await wait_for(lambda: hanging_site.accepted >= PER_TENANT)
         assert hanging_site.accepted >= 1, "the server never reached the hanging site"
 
@@ -160,6 +170,12 @@ async def test_hanging_client_domain_fetches_are_bounded_and_do_not_touch_t2(
     # Every connection the server opened, it closed again (none left hanging).
     await wait_for(lambda: not hanging_site.open)
     assert not hanging_site.open
+    # Those that waited for a slot were refused at random points of the second half of the
+    # fetch deadline, not all at its end with the connected ones (which would send 50
+    # clients back at one instant).
+    waited = sorted(answered_after)[:CONCURRENT - PER_TENANT]
+    assert waited[0] >= FETCH_TIMEOUT * HOLD_JITTER - 0.1, waited
+    assert waited[-1] - waited[0] > FETCH_TIMEOUT / 4, waited
 
 
 async def test_the_fetch_bound_is_per_tenant(make_server: MakeServer,

@@ -36,7 +36,6 @@ import contextlib
 import itertools
 import logging
 import os
-import random
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -50,6 +49,7 @@ from kyc_host.hooks import wire
 from kyc_host.hooks.context import TenantContext, tenant_log
 from kyc_host.hooks.contract import CustomerHooks
 from kyc_host.hooks.runner import HookRunner, _public
+from kyc_host.net.limits import spread
 from kyc_host.net.safe_http import FetchError
 from kyc_host.sep.sep12_types import Decision
 
@@ -64,9 +64,6 @@ STARTUP_TIMEOUT = 20.0
 #: worker, were what slowed the other tenant.
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 60.0
-#: A call that must wait for a worker is held for between this share of its wait and all of
-#: it, at random (WorkerPool.acquire).
-HOLD_JITTER = 0.5
 #: Hook errors after which the worker exits on its own (it is replaced).
 FATAL = frozenset({"MemoryError", "SystemExit", "KeyboardInterrupt"})
 #: A worker's CPU priority, set before it imports anything: below the server's. Workers run in
@@ -250,14 +247,14 @@ class WorkerPool:
     async def acquire(self, wait: float) -> WorkerProcess:
         """An idle worker, or a new one; waits ``wait`` seconds at most for a free slot.
 
-        A call that cannot have a worker at once is held for a random part (between
-        :data:`HOLD_JITTER` and all) of ``wait``. Held for exactly ``wait``, a flood's calls
-        that queued together failed together: the noisy-neighbour benchmark's 64 flood
-        connections into a hung hook were answered in one burst every 2 s, and each burst
-        (their 500s and the flood's next 64 requests) held the event loop 100-200 ms, so the
-        other tenant's requests of that moment waited as long (BENCHMARKS.md)."""
+        A call that cannot have a worker at once is held for a random part (half to all,
+        :func:`~kyc_host.net.limits.spread`) of ``wait``. Held for exactly ``wait``, a
+        flood's calls that queued together failed together: the noisy-neighbour benchmark's
+        64 flood connections into a hung hook were answered in one burst every 2 s, and each
+        burst (their 500s and the flood's next 64 requests) held the event loop 100-200 ms,
+        so the other tenant's requests of that moment waited as long (BENCHMARKS.md)."""
         if self._slots.locked() or (not self._idle and self._on_probation()):
-            wait *= _jitter()
+            wait = spread(wait)
         try:
             async with asyncio.timeout(wait):
                 await self._slots.acquire()
@@ -291,7 +288,7 @@ class WorkerPool:
             # Hold the call for (a random part of) its timeout, as a hanging worker would,
             # rather than fail at once: quick failures would let a client flood the server
             # with retries.
-            await asyncio.sleep(wait * _jitter())
+            await asyncio.sleep(spread(wait))
             raise WorkerUnavailable("worker restarts are backing off after "
                                     f"{self._failures} failures in a row")
         if delay > 0:
@@ -459,11 +456,6 @@ class IsolatedRunner(HookRunner):
             return (response.url, response.status, dict(response.headers), response.body)
         raise wire.WireError(f"unknown method {method!r} or bad arguments")
 
-
-
-def _jitter() -> float:
-    """A factor in [HOLD_JITTER, 1) spreading held calls apart (timing only, not security)."""
-    return random.uniform(HOLD_JITTER, 1.0)  # noqa: S311
 
 
 def _types(args: tuple[Any, ...], *kinds: Any) -> bool:
