@@ -96,6 +96,10 @@ class CollectionSpec:
     name: str
     scope: Literal["platform", "tenant"]
     indexes: tuple[Index, ...] = ()
+    #: Its documents are large (file chunks, about 1.4 MB each) and sealed with a key that is
+    #: deleted before them: the SQLite backend never works on them on the event loop, and
+    #: deletes them without overwriting the freed pages (store/sqlite.py).
+    large: bool = False
 
 
 class Collection(ABC):

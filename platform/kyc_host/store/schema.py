@@ -41,7 +41,7 @@ _SPECS = (
                                               Index(("type", "status", "updated_us")))),
     CollectionSpec("files", "tenant", (Index(("owner",)), Index(("customer_id",)),
                                        Index(("expires_at",)))),
-    CollectionSpec("blobs", "tenant"),
+    CollectionSpec("blobs", "tenant", large=True),
     # A file's chunks being written or deleted (_id = file id; store/files.py): what a crash
     # midway leaves behind is found here, not by scanning the blobs (reliability-plan F3).
     CollectionSpec("blob_journal", "tenant", (Index(("at",)),)),

@@ -1,0 +1,105 @@
+"""The SQLite backend and large documents (``CollectionSpec.large``: file chunks).
+
+A file's chunks are read, written and deleted on the store's threads, never on the event
+loop: one 10 MiB file's delete held the loop 10-170 ms, the progress handler that bounds
+inline work cannot interrupt a single row's delete, and every tenant's requests wait for the
+loop (the noisy-neighbour benchmark). Deleted rows are overwritten with zeros everywhere
+except in large collections, whose chunks are sealed with a key deleted before them.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from pathlib import Path
+
+from kyc_host.store.schema import COLLECTIONS
+from kyc_host.store.sqlite import SqliteStore
+
+CHUNK = 1024 * 1024
+
+
+class Threads:
+    """The thread each statement on a table ran on (the store's trace callback)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    def trace(self, statement: str) -> None:
+        table = next((w for w in statement.replace("(", " ").split() if w.startswith("c_")),
+                     "")
+        self.seen.append((table, threading.current_thread().name))
+
+    def of(self, table: str) -> set[str]:
+        return {thread for t, thread in self.seen if t == table}
+
+
+def marker(name: str, size: int) -> str:
+    """A distinctive text of ``size`` characters (spans SQLite overflow pages)."""
+    unit = f"<{name}-{os.urandom(4).hex()}>"
+    return (unit * (size // len(unit) + 1))[:size]
+
+
+def file_bytes(db: Path) -> bytes:
+    """The database's bytes once the WAL's frames are in the file and the WAL is emptied."""
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return b"".join(p.read_bytes() for p in sorted(db.parent.glob(db.name + "*")))
+
+
+async def test_large_documents_never_touch_the_event_loop_and_small_ones_do(
+        tmp_path: Path) -> None:
+    assert COLLECTIONS["blobs"].large
+    assert not COLLECTIONS["files"].large
+    threads = Threads()
+    store = SqliteStore(f"sqlite:///{tmp_path / 'kyc.db'}", trace=threads.trace)
+    await store.start()
+    loop_thread = threading.current_thread().name
+    try:
+        for tenant in ("t1", "t2"):
+            blobs, files = store.tenant(tenant, "blobs"), store.tenant(tenant, "files")
+            await blobs.insert_one({"_id": "f.0", "data": marker("chunk", CHUNK)})
+            await files.insert_one({"_id": "f", "size": CHUNK})
+            found = await blobs.find_one({"_id": "f.0"})
+            assert found is not None
+            assert len(found["data"]) == CHUNK
+            assert await blobs.count({}) == 1
+            assert [d["_id"] for d in await blobs.find({})] == ["f.0"]
+            await blobs.replace_one({"_id": "f.0"}, {"data": "short"})
+            assert await files.find_one({"_id": "f"}) == {"_id": "f", "size": CHUNK}
+        assert await store.tenant("t1", "blobs").delete_one({"_id": "f.0"}) == 1
+        assert await store.tenant("t1", "blobs").find_one({"_id": "f.0"}) is None
+        assert await store.tenant("t2", "blobs").delete_many({}) == 1
+        assert await store.tenant("t1", "files").delete_many({}) == 1
+        assert await store.tenant("t2", "files").find_one({"_id": "f"}) is not None
+    finally:
+        await store.close()
+    assert threads.of("c_blobs"), "no statement on the blobs table was seen"
+    assert loop_thread not in threads.of("c_blobs"), threads.of("c_blobs")
+    # The point of the rule: other collections' small documents are worked on inline.
+    assert loop_thread in threads.of("c_files"), threads.of("c_files")
+
+
+async def test_deleted_records_are_zeroed_and_chunk_deletes_leave_that_on(
+        tmp_path: Path) -> None:
+    db = tmp_path / "kyc.db"
+    store = SqliteStore(f"sqlite:///{db}")
+    await store.start()
+    record, after_chunks = marker("record", 20_000), marker("after", 20_000)
+    try:
+        customers, blobs = store.tenant("t1", "customers"), store.tenant("t1", "blobs")
+        await customers.insert_one({"_id": "c1", "sealed": record})
+        await blobs.insert_one({"_id": "f.0", "data": marker("chunk", CHUNK)})
+        await customers.insert_one({"_id": "c2", "sealed": after_chunks})
+        assert await customers.delete_one({"_id": "c1"}) == 1
+        assert await blobs.delete_many({"_id": "f.0"}) == 1  # FAST for this one delete
+        assert await customers.delete_one({"_id": "c2"}) == 1  # zeroed again
+        # The writer thread's connection (it deleted the chunk) is back to zeroing too.
+        assert await store.write(lambda conn: conn.execute("PRAGMA secure_delete").fetchone(),
+                                 inline=False) == (1,)
+    finally:
+        await store.close()
+    data = file_bytes(db)
+    assert record[:40].encode() not in data
+    assert after_chunks[:40].encode() not in data
