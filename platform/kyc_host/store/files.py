@@ -38,7 +38,8 @@ from kyc_host.store.customers import new_id
 T = TypeVar("T")
 COLLECTION = "files"
 CHUNK_BYTES = 1024 * 1024
-#: Files larger than this are sealed/opened in a worker thread instead of on the loop.
+#: Files (and upload bodies) larger than this are sealed, opened and parsed in a worker
+#: thread instead of on the loop.
 THREAD_THRESHOLD = 256 * 1024
 #: Those threads: not asyncio's default executor, which also resolves host names (Tornado's
 #: default resolver). Under an upload load, SEP-10 logins waited there seconds behind
@@ -90,7 +91,7 @@ class FileRepository:
         """The keyed digest of a file's contents (equality checks without plaintext), in a
         thread for big files: hashlib releases the GIL, and hashing 10 MiB on the loop held
         every other request for ~7 ms, twice per upload (reliability-plan L4)."""
-        return await _maybe_threaded(len(data), self.cipher.digest, "file", data)
+        return await threaded_if_large(len(data), self.cipher.digest, "file", data)
 
     async def create(self, data: bytes, content_type: str, *, owner_ix: str, account_ix: str,
                      customer_id: str | None = None, attached: bool = False,
@@ -112,7 +113,7 @@ class FileRepository:
         # uploads are part of the noisy-neighbour load, reliability-plan L4).
         for n in range(count):
             piece = data[n * CHUNK_BYTES:(n + 1) * CHUNK_BYTES]
-            blob = await _maybe_threaded(len(piece), cipher.seal, _chunk_field(n, count), piece)
+            blob = await threaded_if_large(len(piece), cipher.seal, _chunk_field(n, count), piece)
             await self._blobs.insert_one({"_id": _chunk_id(file_id, n), "data": blob})
         now = time.time()
         info = FileInfo(id=file_id, content_type=content_type, size=len(data), created_at=now,
@@ -161,7 +162,7 @@ class FileRepository:
             if chunk is None:  # never left by a crash (see the module doc): corruption
                 raise StoreError(f"file {file_id}: chunk {n} of {count} is missing")
             blobs.append(chunk["data"])
-        return await _maybe_threaded(int(doc["size"]), _open_chunks, cipher, file_id, blobs)
+        return await threaded_if_large(int(doc["size"]), _open_chunks, cipher, file_id, blobs)
 
     async def delete(self, file_ids: Sequence[str]) -> int:
         """Delete files and their contents (object first, so it stops being listed)."""
@@ -222,7 +223,10 @@ def _open_chunks(cipher: RecordCipher, file_id: str, blobs: list[bytes]) -> byte
     return b"".join(cipher.open(_chunk_field(n, count), blob) for n, blob in enumerate(blobs))
 
 
-async def _maybe_threaded(size: int, fn: Callable[..., T], *args: Any) -> T:
+async def threaded_if_large(size: int, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)``, on the file-crypto threads if it works on over THREAD_THRESHOLD bytes
+    (a file's sealing, opening and digest; an upload's body parsing, sep/sep12.py), so that
+    it does not hold the event loop every tenant is served by."""
     if size <= THREAD_THRESHOLD:
         return fn(*args)
     return await bounded.run_bounded(_CRYPTO, lambda: fn(*args), bound=QUEUE_TIMEOUT_SECONDS,
