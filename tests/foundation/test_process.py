@@ -161,6 +161,10 @@ def test_serves_demo_and_picks_up_a_tenant_applied_while_running(
     server = workspace.serve()
     processes.append(server)
     workspace.wait_ready(server)
+    # The start-up heap is out of the garbage collector's reach (app._freeze_start_up_objects).
+    frozen = re.search(r"(\d+) start-up objects frozen", workspace.log())
+    assert frozen is not None, workspace.log()
+    assert int(frozen.group(1)) > 10_000
 
     demo = get(workspace.public_port, "demo.localhost", TOML)
     assert demo.status == 200
