@@ -36,7 +36,7 @@ async def test_waiters_for_a_taken_key_are_refused_spread_over_the_second_half_o
     refused_after = await asyncio.gather(*(waiter() for _ in range(20)))
     release.set()
     await holding
-    assert all(HOLD_JITTER * wait - 0.02 <= s <= wait + 0.1 for s in refused_after), \
+    assert all(HOLD_JITTER * wait - 0.02 <= s <= wait + 0.5 for s in refused_after), \
         refused_after
     # Not one instant for all: spread over most of the half-second window.
     assert max(refused_after) - min(refused_after) > 0.2, refused_after
