@@ -100,6 +100,7 @@ from bench_server import (  # noqa: E402
     storage_url,
 )
 from bench_wrk import RequestSet, WrkResult, run_wrk  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 from stellar_sdk import Keypair  # noqa: E402
 
 A_HOST, B_HOST = "noisy.bench.localhost", "victim.bench.localhost"
@@ -344,14 +345,14 @@ def loop_lag(admin_port: int) -> dict[str, float]:
         conn.close()
     buckets: dict[str, float] = {}
     figures = {"samples": 0.0, "max_s": 0.0}
-    for line in text.splitlines():
-        if line.startswith("kyc_event_loop_lag_seconds_bucket{"):
-            le = line.split('le="', 1)[1].split('"', 1)[0]
-            buckets[le] = float(line.rsplit(" ", 1)[1])
-        elif line.startswith("kyc_event_loop_lag_seconds_count"):
-            figures["samples"] = float(line.rsplit(" ", 1)[1])
-        elif line.startswith("kyc_event_loop_lag_max_seconds"):
-            figures["max_s"] = float(line.rsplit(" ", 1)[1])
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "kyc_event_loop_lag_seconds_bucket":
+                buckets[sample.labels["le"]] = sample.value
+            elif sample.name == "kyc_event_loop_lag_seconds_count":
+                figures["samples"] = sample.value
+            elif sample.name == "kyc_event_loop_lag_max_seconds":
+                figures["max_s"] = sample.value
     total = figures["samples"]
     figures["over_10ms"] = total - buckets.get("0.01", total)
     figures["over_100ms"] = total - buckets.get("0.1", total)

@@ -109,6 +109,9 @@ def test_noisy_neighbour_smoke_run_reports_both_p95s(tmp_path: Path) -> None:
     assert set(hang["statuses"]) == {"400"}, hang
     assert 1 <= hang["site_peak_open"] <= 10, hang
     assert report["noisy"]["rounds"][0]["uploads"]["statuses"].get("202", 0) >= 1
+    # The server's loop-lag probe was read from /metrics in each phase (sampled every 0.1 s).
+    for phase in ("quiet", "noisy"):
+        assert report[phase]["rounds"][0]["loop_lag"]["samples"] >= 5, report[phase]
 
 
 ROUTE_FIGURES = ("requests", "p50_ms", "p95_ms", "p99_ms", "max_ms", "statuses")
