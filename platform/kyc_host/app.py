@@ -256,9 +256,9 @@ async def serve(
     """
     services = await build_services(settings, apply_tenant_files=apply_tenant_files)
     public, admin = listeners or bind_listeners(settings, reuse_port=reuse_port)
+    frozen = _freeze_start_up_objects()  # before accepting: the collection pauses the loop
     server = Server(services)
     server.start(public, admin)
-    frozen = _freeze_start_up_objects()
     log.info("serving %d tenant(s): public http://%s, admin http://%s (backend %s, pid %d, "
              "%d start-up objects frozen)", len(services.registry), settings.public_listen,
              settings.admin_listen, services.store.backend_name, os.getpid(), frozen)
@@ -274,8 +274,8 @@ async def serve(
 
 
 def _freeze_start_up_objects() -> int:
-    """Move every object alive once the server has started (modules, classes, tenants,
-    caches) out of the garbage collector's reach, and return how many there are.
+    """Move every object alive once the server is built (modules, classes, tenants,
+    plugins, caches) out of the garbage collector's reach, and return how many there are.
 
     A full collection walks every tracked object; over the ~100,000 of a started server it
     took about 60 ms, all of it on the event loop that serves every tenant, and the first one

@@ -412,8 +412,7 @@ def test_workers_share_listeners_and_metrics(
     workspace.wait_ready(server)
     for _ in range(40):
         assert get(workspace.public_port, "demo.localhost", TOML).status == 200
-    pids = set(re.findall(r'"pid (\d+)\)', workspace.log())) or set(
-        re.findall(r"pid (\d+)\)", workspace.log()))
+    pids = set(re.findall(r"serving .*?\(backend \w+, pid (\d+)", workspace.log()))
     assert len(pids) == 2, workspace.log()
     metrics = get(workspace.admin_port, "localhost", "/metrics").body.decode()
     counted = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
