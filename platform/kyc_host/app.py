@@ -28,6 +28,7 @@ from kyc_host.crypto.master import KeyProvider, load_key_provider
 from kyc_host.hooks.isolation import close_pools
 from kyc_host.looplag import LoopLagProbe
 from kyc_host.net import SafeHttpClient
+from kyc_host.procs import die_with_parent
 from kyc_host.retention.purge import PurgeLoop
 from kyc_host.services import Services
 from kyc_host.settings import PlatformSettings
@@ -342,11 +343,16 @@ def _supervise(settings: PlatformSettings, workers: int,
     children: dict[int, int] = {}  # pid -> worker index
     stopping = False
 
+    supervisor = os.getpid()
+
     def spawn(index: int) -> None:
         pid = os.fork()
         if pid == 0:  # worker
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            # A supervisor that dies (SIGKILL, OOM killer) takes its workers along: they get
+            # SIGTERM and drain, instead of serving on unsupervised.
+            die_with_parent(supervisor, signal.SIGTERM)
             code = 1
             try:
                 code = asyncio.run(serve(settings, listeners, apply_tenant_files=False,

@@ -402,6 +402,44 @@ def test_tenant_list_and_generate_master(workspace: Workspace) -> None:
     assert "\"S" not in listing.stdout
 
 
+def test_workers_end_when_their_supervisor_is_killed(
+    workspace: Workspace, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    """--workers 2 and the supervisor SIGKILLed (as the OOM killer would): the workers are
+    told (SIGTERM, procs.die_with_parent), drain and exit instead of serving unsupervised."""
+    server = workspace.serve("--workers", "2")
+    processes.append(server)
+    workspace.wait_ready(server)
+    end = time.monotonic() + 10
+    while len(workers := children_of(server.pid)) < 2 and time.monotonic() < end:
+        time.sleep(0.05)
+    assert len(workers) == 2, workers
+    server.kill()
+    server.wait()
+    end = time.monotonic() + 20
+    while (alive := [pid for pid in workers if running(pid)]) and time.monotonic() < end:
+        time.sleep(0.1)
+    assert not alive, workspace.log()
+    # They drained as on SIGTERM: each logged its shutdown.
+    assert workspace.log().count('"msg": "stopped"') == 2, workspace.log()
+
+
+def children_of(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan is reaped by init; a zombie has exited)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def test_workers_share_listeners_and_metrics(
     workspace: Workspace, processes: list[subprocess.Popen[bytes]]
 ) -> None:

@@ -30,7 +30,6 @@ platform replaces it.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import itertools
 import logging
 import os
@@ -46,12 +45,12 @@ from kyc_host.hooks.context import CustomersView, TenantContext, TenantHttp, Ten
 from kyc_host.hooks.contract import CustomerData, CustomerHooks, HookRejected
 from kyc_host.hooks.loader import PluginError, load_plugin_class
 from kyc_host.net.safe_http import DEFAULT_MAX_BYTES, MAX_TIMEOUT, FetchError, SafeResponse
+from kyc_host.procs import die_with_parent
 from kyc_host.sep.sep12_types import Decision
 from kyc_host.tenancy.schema import parse_tenant
 
 HOOK_NAMES = ("get", "put", "delete", "callback", "verification_fields", "send_verification",
               "check_verification")
-PR_SET_PDEATHSIG = 1
 #: Log record attributes a forwarded ``extra`` key may not overwrite.
 RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
@@ -146,17 +145,6 @@ class ForwardLogs(logging.Handler):
                                "msg": record.getMessage()[:2000], "extra": extra})
         except Exception:  # a log line must never fail a hook
             self.handleError(record)
-
-
-def die_with_parent(parent: int) -> None:
-    """Be SIGKILLed when the server process ends, however it ends (Linux)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # pragma: no cover - not Linux: the pipe EOF still ends us
-        pass
-    if os.getppid() != parent:  # the server died before prctl took effect
-        os._exit(0)
 
 
 def private_pipes() -> tuple[int, int]:
