@@ -85,7 +85,9 @@ async def exchange(port: int, head: bytes, body: bytes = b"", *, chunks: int = 1
     loop = asyncio.get_running_loop()
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    except ConnectionRefusedError as exc:
+    except (ConnectionRefusedError, ConnectionResetError) as exc:
+        # Reset at connect: the listener closed with this connection still in its accept
+        # backlog -- never accepted, as good as refused (a load balancer retries either).
         return Outcome("refused", detail=str(exc))
     outcome = Outcome("cut", connected_at=loop.time())
     try:
