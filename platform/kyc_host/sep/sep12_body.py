@@ -65,13 +65,13 @@ class BodyBuffer:
         self._data += chunk
         return True
 
-    def take(self) -> bytes:
-        """The body, once: the buffer is emptied, so a big upload is not held twice while
-        it waits for the store. Raises PayloadTooLarge if it was over the limit."""
+    def take(self) -> bytearray:
+        """The body, once, as received (not copied: an upload's file values are copied out
+        of it by :func:`parse_body`, and it is then dropped). Raises PayloadTooLarge if it
+        was over the limit."""
         if self.overflowed:
             raise too_large(self.limit)
-        value = bytes(self._data)
-        self._data = bytearray()
+        value, self._data = self._data, bytearray()
         return value
 
 
@@ -96,20 +96,21 @@ def safe_name(name: str) -> str:
     return json.dumps(shown)[1:-1]
 
 
-def parse_body(content_type: str | None, raw: bytes, *, file_names: frozenset[str]) -> Body:
+def parse_body(content_type: str | None, raw: bytes | bytearray, *,
+               file_names: frozenset[str]) -> Body:
     """Parse a request body.
 
     ``file_names`` are the part names that carry binary data (the SEP-9 binary fields and
     ``file``); a multipart part with such a name is a file whether or not it has a filename.
     Raises BadRequest (malformed, ambiguous) or UnsupportedMediaType.
     """
-    if not raw.strip():
+    if not raw or raw.isspace():  # not strip(): that copies the whole body
         return Body()
     media_type = (content_type or "").split(";", 1)[0].strip().lower()
     if media_type == "application/json":
         return Body(values=_parse_json(raw))
     if media_type == "application/x-www-form-urlencoded":
-        return _from_arguments(_parse_form(content_type or "", raw), {}, file_names)
+        return _from_arguments(_parse_form(content_type or "", bytes(raw)), {}, file_names)
     if media_type == "multipart/form-data":
         arguments, files = _parse_multipart(content_type or "", raw)
         return _from_arguments(arguments, files, file_names)
@@ -124,7 +125,7 @@ def parse_query(arguments: Mapping[str, list[bytes]]) -> dict[str, str]:
 # --- encodings ---
 
 
-def _parse_json(raw: bytes) -> dict[str, str]:
+def _parse_json(raw: bytes | bytearray) -> dict[str, str]:
     try:
         doc = json.loads(raw, object_pairs_hook=_unique_pairs, parse_constant=_no_constant)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
@@ -187,15 +188,68 @@ def _parse_form(content_type: str, raw: bytes) -> dict[str, list[bytes]]:
     return arguments
 
 
-def _parse_multipart(content_type: str,
-                     raw: bytes) -> tuple[dict[str, list[bytes]], dict[str, list[HTTPFile]]]:
+_MALFORMED_MULTIPART = "malformed multipart/form-data body"
+
+
+def _parse_multipart(content_type: str, raw: bytes | bytearray
+                     ) -> tuple[dict[str, list[bytes]], dict[str, list[HTTPFile]]]:
+    """Tornado's multipart/form-data parsing, without its copies of the whole body.
+
+    Tornado's parser slices the body, splits it and slices each part again: three copies of
+    a 10 MiB upload, each made with the GIL held, which stalled the event loop (and every
+    tenant's requests) 15-35 ms while an upload was parsed on a file thread (the
+    noisy-neighbour benchmark, BENCHMARKS.md). Here the parts are located in the body as
+    received with ``find``; each part's headers are parsed by Tornado (as a body of that one
+    part with an empty value, so names, filenames and errors are Tornado's), and each value
+    is copied out once."""
+    boundary = _boundary(content_type)
+    delimiter = b"--" + (boundary[1:-1] if boundary[:1] == boundary[-1:] == b'"' else boundary)
+    end = raw.rfind(delimiter + b"--")
+    if end == -1:
+        raise BadRequest(_MALFORMED_MULTIPART)
+    opening = delimiter + b"\r\n"
     arguments: dict[str, list[bytes]] = {}
     files: dict[str, list[HTTPFile]] = {}
+    start = 0
+    while True:  # the parts are what lies between openings, before the closing delimiter
+        found = raw.find(opening, start, end)
+        stop = end if found == -1 else found
+        if stop > start:
+            _add_part(raw, start, stop, boundary, delimiter, arguments, files)
+        if found == -1:
+            return arguments, files
+        start = found + len(opening)
+
+
+def _boundary(content_type: str) -> bytes:
+    # As tornado.httputil.parse_body_arguments finds it.
+    for param in content_type.split(";"):
+        key, _, value = param.strip().partition("=")
+        if key == "boundary" and value:
+            return value.encode("utf-8")
+    raise BadRequest(_MALFORMED_MULTIPART)
+
+
+def _add_part(raw: bytes | bytearray, start: int, stop: int, boundary: bytes, delimiter: bytes,
+              arguments: dict[str, list[bytes]], files: dict[str, list[HTTPFile]]) -> None:
+    head_end = raw.find(b"\r\n\r\n", start, stop)
+    if head_end == -1 or raw[stop - 2:stop] != b"\r\n":
+        raise BadRequest(_MALFORMED_MULTIPART)
+    one_part = b"".join((delimiter, b"\r\n", raw[start:head_end], b"\r\n\r\n\r\n", delimiter,
+                         b"--"))
+    part_arguments: dict[str, list[bytes]] = {}
+    part_files: dict[str, list[HTTPFile]] = {}
     try:
-        parse_body_arguments(content_type, raw, arguments, files, HTTPHeaders())
+        parse_body_arguments(f"multipart/form-data; boundary={boundary.decode('utf-8')}",
+                             one_part, part_arguments, part_files, HTTPHeaders())
     except (HTTPInputError, UnicodeDecodeError):
-        raise BadRequest("malformed multipart/form-data body") from None
-    return arguments, files
+        raise BadRequest(_MALFORMED_MULTIPART) from None
+    value = bytes(raw[head_end + 4:max(head_end + 4, stop - 2)])
+    for name, [_] in part_arguments.items():
+        arguments.setdefault(name, []).append(value)
+    for name, [file] in part_files.items():
+        file["body"] = value
+        files.setdefault(name, []).append(file)
 
 
 def _from_arguments(arguments: Mapping[str, list[bytes]], files: Mapping[str, list[HTTPFile]],
