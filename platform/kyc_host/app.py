@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
+from tornado.httputil import split_host_and_port
 from tornado.netutil import Resolver, bind_sockets
 from tornado.web import Application
 
@@ -39,6 +40,7 @@ from kyc_host.tenancy.service import TenantService, read_tenant_files
 from kyc_host.web.base import AdminNotFoundHandler, NotFoundHandler, log_request
 from kyc_host.web.routes import admin_routes, public_routes
 from kyc_host.web.serving import ServingHTTPServer
+from kyc_host.web.turns import LoopTurns
 
 log = logging.getLogger(__name__)
 #: Shutdown steps after the drain share this many seconds past the drain's deadline; one
@@ -121,11 +123,15 @@ async def build_services(
     except BaseException:
         await store.close()
         raise
-    return Services(settings=settings, store=store, keys=keys, tenants=tenants,
-                    registry=registry, http=SafeHttpClient(
-                        dev_mode=settings.dev_mode, resolver=resolver,
-                        static_hosts={name: (ip, port)
-                                      for name, ip, port in settings.dev_static_hosts}))
+    services = Services(settings=settings, store=store, keys=keys, tenants=tenants,
+                        registry=registry, http=SafeHttpClient(
+                            dev_mode=settings.dev_mode, resolver=resolver,
+                            static_hosts={name: (ip, port)
+                                          for name, ip, port in settings.dev_static_hosts}))
+    waited = services.metrics.busy_tenant_turns
+    services.turns = LoopTurns(settings.busy_tenant_requests,
+                               on_wait=lambda tenant_id: waited.labels(tenant_id).inc())
+    return services
 
 
 # --- applications ---
@@ -163,6 +169,11 @@ class Server:
     #: Measures event-loop stalls into /metrics (looplag.py; one per process).
     loop_lag: LoopLagProbe | None = None
 
+    def _turn_for(self, host: str) -> Awaitable[None] | None:
+        """What a request to ``host`` waits for before it is routed (web/turns.py)."""
+        tenant = self.services.registry.for_host(split_host_and_port(host.lower())[0])
+        return None if tenant is None else self.services.turns.turn(tenant.id)
+
     def start(self, public: list[socket.socket], admin: list[socket.socket]) -> None:
         for app, sockets in ((make_public_app(self.services), public),
                              (make_admin_app(self.services), admin)):
@@ -171,7 +182,8 @@ class Server:
             server = ServingHTTPServer(app, max_body_size=MAX_BODY_BYTES,
                                        idle_connection_timeout=settings.idle_timeout_seconds,
                                        body_timeout=settings.body_timeout_seconds,
-                                       header_timeout=settings.header_timeout_seconds)
+                                       header_timeout=settings.header_timeout_seconds,
+                                       turn_for=self._turn_for if sockets is public else None)
             server.add_sockets(sockets)
             self.http_servers.append(server)
         self.services.registry.start()

@@ -22,6 +22,7 @@ from kyc_host.settings import PlatformSettings
 from kyc_host.store.base import Store
 from kyc_host.tenancy.registry import TenantRegistry
 from kyc_host.tenancy.service import TenantService
+from kyc_host.web.turns import LoopTurns
 
 
 class Inflight:
@@ -58,6 +59,8 @@ class Services:
     tenants: TenantService
     registry: TenantRegistry
     inflight: Inflight = field(default_factory=Inflight)
+    #: Each tenant's requests in flight; a busy tenant's next ones let the others go first.
+    turns: LoopTurns = field(default_factory=LoopTurns)
     #: Recent management-token verifications of this process (see management/auth.py).
     token_cache: TokenCache = field(default_factory=TokenCache)
     #: The one client for untrusted URLs (SSRF-safe); build_services sets dev mode from settings.

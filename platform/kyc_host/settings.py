@@ -71,6 +71,9 @@ class PlatformSettings:
     # Public requests are refused (503 + Retry-After) while the event loop is this many
     # seconds behind (looplag.py); 0 disables shedding.
     overload_lag_seconds: float = 0.5
+    # A tenant with this many requests in flight in one process lets the other tenants'
+    # ready work go first (web/turns.py); 0 disables it.
+    busy_tenant_requests: int = 16
     # Dev mode only: host names the outbound client sends to a local address instead of
     # resolving them (net/safe_http.py static_hosts), as (name, ip, port).
     dev_static_hosts: tuple[tuple[str, str, int], ...] = ()
@@ -140,6 +143,22 @@ def _seconds(low: float, high: float, *, zero: bool = False) -> Callable[[object
         value = float(raw)
         if not (low <= value <= high or (zero and value == 0)):
             raise ValueError(f"expected a number of seconds from {low:g} to {high:g}"
+                             + (" (or 0)" if zero else ""))
+        return value
+
+    return parse
+
+
+def _count(low: int, high: int, *, zero: bool = False) -> Callable[[object], int]:
+    def parse(raw: object) -> int:
+        if isinstance(raw, bool) or not isinstance(raw, int | str):
+            raise ValueError("expected a whole number")
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError("expected a whole number") from None
+        if not (low <= value <= high or (zero and value == 0)):
+            raise ValueError(f"expected a whole number from {low} to {high}"
                              + (" (or 0)" if zero else ""))
         return value
 
@@ -254,6 +273,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("overload_lag_seconds", _seconds(0.01, 60, zero=True), 0.5,
             "Shed load: public requests get 503 + Retry-After while this process's event loop "
             "is this many seconds behind (0: never shed)."),
+    Setting("busy_tenant_requests", _count(1, 100_000, zero=True), 16,
+            "A tenant with this many requests in flight in one process is busy: its further "
+            "requests let other tenants' ready work go first (0: never)."),
     Setting("dev_static_hosts", _parse_static_hosts, [],
             "Dev mode only: \"name=IP:PORT\" entries; outbound fetches of https://name/ "
             "(client_domain's stellar.toml) go to IP:PORT over plain HTTP (local stand-ins)."),

@@ -38,6 +38,7 @@ def test_defaults() -> None:
     assert settings.plugins_dir == Path("plugins")
     assert settings.dev_mode is False
     assert settings.log_level == "INFO"
+    assert settings.busy_tenant_requests == 16
     assert settings.source == "defaults"
 
 
@@ -108,6 +109,10 @@ def test_unknown_key_names_file_key_and_value(tmp_path: Path) -> None:
     ("master_key_env", '"lower-case"', "'lower-case'"),
     ("log_level", '"loud"', "'loud'"),
     ("tenants_dir", '""', "''"),
+    ("busy_tenant_requests", "-1", "-1"),
+    ("busy_tenant_requests", "2.5", "2.5"),
+    ("busy_tenant_requests", '"many"', "'many'"),
+    ("busy_tenant_requests", "false", "False"),
 ])
 def test_bad_file_value_names_file_key_and_value(
     tmp_path: Path, key: str, toml_value: str, shown: str
@@ -156,3 +161,10 @@ def test_shipped_config_loads_and_documents_every_key() -> None:
             above -= 1
         assert above >= 0, f"{setting.key} in {SHIPPED_CONFIG} has no comment line above it"
         assert lines[above].startswith("#"), f"{setting.key} has no comment line above it"
+
+
+def test_busy_tenant_requests_from_env_and_off() -> None:
+    assert load_settings(None, environ={"KYC_HOST_BUSY_TENANT_REQUESTS": "64"}
+                         ).busy_tenant_requests == 64
+    assert load_settings(None, environ={"KYC_HOST_BUSY_TENANT_REQUESTS": "0"}
+                         ).busy_tenant_requests == 0

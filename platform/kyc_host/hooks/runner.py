@@ -33,6 +33,7 @@ from kyc_host.errors import ApiError, BadRequest, ServiceUnavailable
 from kyc_host.hooks.context import TenantContext
 from kyc_host.hooks.contract import CustomerHooks, HookRejected
 from kyc_host.store.base import StoreUnavailable
+from kyc_host.web.turns import take_turn
 
 if TYPE_CHECKING:
     from kyc_host.metrics import Metrics
@@ -88,6 +89,8 @@ class HookRunner:
             return result
         except HookFailed as exc:
             outcome = exc.outcome
+            # A hung plugin's callers come back together, at its timeout (web/turns.py).
+            await take_turn()
             raise
         except BadRequest:
             outcome = "rejected"

@@ -20,6 +20,7 @@ from stellar_sdk import StrKey
 from kyc_host.errors import BadRequest, Forbidden
 from kyc_host.net import FetchError, SafeHttpClient
 from kyc_host.tenancy.registry import Tenant
+from kyc_host.web.turns import take_turn
 
 MAX_TOML_BYTES = 100_000  # SEP-1's stellar.toml limit
 FETCH_TIMEOUT = 5.0
@@ -80,6 +81,7 @@ async def _fetch_signing_key(tenant: Tenant, http: SafeHttpClient, domain: str) 
                                     max_bytes=MAX_TOML_BYTES, timeout=FETCH_TIMEOUT,
                                     limit_key=tenant.id)
     except FetchError as exc:
+        await take_turn()  # logins waiting on a site that never answers end together
         raise BadRequest(f"{where} could not be fetched ({exc})",
                          log_detail=f"{where}: {type(exc).__name__}: {exc}") from None
     if response.status != 200:

@@ -46,6 +46,7 @@ from kyc_host.sep.sep12_service import Sep12Service
 from kyc_host.sep.sep12_tenant import service_for
 from kyc_host.store.files import threaded_if_large
 from kyc_host.web.base import BaseHandler
+from kyc_host.web.turns import take_turn
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,7 @@ class Sep12Handler(BaseHandler):
             if waited > 0.001:
                 self.services.metrics.upload_admission_wait.labels(self.tenant.id).inc(waited)
         self._admitted = declared
+        await take_turn()  # a busy tenant's uploads, admitted, read their bodies after others
 
     def _stop_waiting(self) -> ApiError | None:
         """Why an upload waiting for its turn should stop waiting, if it should. Tornado does

@@ -77,6 +77,7 @@ class BaseHandler(RequestHandler):
             self._shed_if_overloaded()
             self._tenant = self._resolve_tenant()
             bind_request(self.request_id, self._tenant.id)
+            self.services.turns.started(self._tenant.id)
 
     def _shed_if_overloaded(self) -> None:
         """503 + Retry-After while this process's loop is behind by more than
@@ -157,6 +158,8 @@ class BaseHandler(RequestHandler):
         if self._counted:
             self._counted = False
             self.services.inflight.leave()
+            if self._tenant is not None:
+                self.services.turns.ended(self._tenant.id)
 
 
 class NotFoundHandler(BaseHandler):

@@ -29,6 +29,10 @@ rather than a close racing its next request. Until then an idle keep-alive conne
 still carry one more request (a load balancer's, or a readiness probe that sees 503): every
 response sent while draining carries ``Connection: close``, so no client sends another
 request on a connection that is about to close.
+
+Turn-taking (web/turns.py): on the public listener, a request for a tenant that already has
+many requests in flight waits for its turn once its headers are read, before it is routed;
+until then Tornado reads neither its body nor the connection's next request.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import contextlib
 import logging
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from tornado import httputil
@@ -45,6 +50,10 @@ from tornado.http1connection import HTTP1Connection, HTTP1ServerConnection
 from tornado.httpserver import HTTPServer
 
 log = logging.getLogger(__name__)
+
+#: Given a request's Host header: None if it may be served now, else what to wait for first
+#: (web/turns.py).
+TurnFor = Callable[[str], "Awaitable[None] | None"]
 
 #: How often a drain looks at its connections again while requests are in flight.
 DRAIN_POLL_SECONDS = 0.05
@@ -93,15 +102,27 @@ class _TrackedRequest(httputil.HTTPMessageDelegate):
     closes)."""
 
     def __init__(self, state: _ConnState, request: httputil.HTTPConnection,
-                 inner: httputil.HTTPMessageDelegate) -> None:
+                 inner: httputil.HTTPMessageDelegate, turn_for: TurnFor | None) -> None:
         self.state, self.request, self.inner = state, request, inner
+        self.turn_for = turn_for
 
     def headers_received(self, start_line: httputil.RequestStartLine
                          | httputil.ResponseStartLine,
                          headers: httputil.HTTPHeaders) -> Any:
         self.state.busy, self.state.first_byte, self.state.fresh = True, None, False
         self.state.request = self.request
-        return self.inner.headers_received(start_line, headers)
+        turn = None if self.turn_for is None else self.turn_for(headers.get("Host", ""))
+        if turn is None:
+            return self.inner.headers_received(start_line, headers)
+        return self._at_turn(turn, start_line, headers)
+
+    async def _at_turn(self, turn: Awaitable[None], start_line: httputil.RequestStartLine
+                       | httputil.ResponseStartLine, headers: httputil.HTTPHeaders) -> None:
+        # Tornado reads neither the body nor the next request until this is done.
+        await turn
+        handled = self.inner.headers_received(start_line, headers)
+        if handled is not None:
+            await handled
 
     def data_received(self, chunk: bytes) -> Any:
         return self.inner.data_received(chunk)
@@ -122,9 +143,11 @@ class ServingHTTPServer(HTTPServer):
     header_timeout: float
     draining: bool
 
-    def initialize(self, *args: Any, header_timeout: float = 3600.0, **kwargs: Any) -> None:
+    def initialize(self, *args: Any, header_timeout: float = 3600.0,
+                   turn_for: TurnFor | None = None, **kwargs: Any) -> None:
         super().initialize(*args, **kwargs)
         self.header_timeout = header_timeout
+        self.turn_for = turn_for
         self.draining = False
         self._states: dict[HTTP1ServerConnection, _ConnState] = {}
         self._listening: list[socket.socket] = []
@@ -144,8 +167,8 @@ class ServingHTTPServer(HTTPServer):
             state = self._states[conn] = _ConnState(time.monotonic())
         # Tornado asks for the next request only once the previous response is written.
         state.busy, state.first_byte, state.request = False, None, None
-        return _TrackedRequest(state, request_conn, super().start_request(server_conn,
-                                                                          request_conn))
+        return _TrackedRequest(state, request_conn,
+                               super().start_request(server_conn, request_conn), self.turn_for)
 
     def on_close(self, server_conn: object) -> None:
         self._states.pop(cast(HTTP1ServerConnection, server_conn), None)

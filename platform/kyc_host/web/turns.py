@@ -1,0 +1,124 @@
+"""Turn-taking on the event loop: a tenant with many requests in flight lets the others go first.
+
+One process serves every tenant on one event loop, and the loop runs whatever is ready in
+the order it became ready. A tenant flooding its routes (a wallet at 5x its limits, 64
+connections into a hung plugin hook, 50 logins waiting on a wallet site that never answers)
+therefore put its requests' work -- reading the token, the store, answering the refusal --
+in front of every other tenant's, and a quiet tenant's p95 went up by half while the process
+had CPU to spare (the noisy-neighbour benchmark, BENCHMARKS.md).
+
+:class:`LoopTurns` counts each tenant's requests in flight in this process. A tenant with
+``busy_at`` or more of them is *busy*, and a request of a busy tenant waits for a turn at
+the two moments its work re-enters the loop in bulk: once its headers are read (before
+anything else is done for it: web/serving.py), and when it comes back from a long wait (for
+a plugin worker, an outbound fetch, its upload's bandwidth turn: :func:`take_turn`). A turn
+is a loop iteration in which nothing else ran, so every other request that is ready goes
+first. Nothing is refused, and when the process has time to spare the wait is a few
+microseconds; a request never waits longer than ``max_wait`` seconds, so a busy tenant is
+slowed when the loop is never idle, not starved. A tenant below ``busy_at`` (the ordinary
+case: a wallet's requests take milliseconds) never waits here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+#: Requests of one tenant in flight in one process from which it is busy (a setting:
+#: ``busy_tenant_requests``).
+DEFAULT_BUSY_AT = 16
+#: The longest a request waits for its turn (a loop that is never idle still serves it).
+MAX_WAIT_SECONDS = 0.05
+#: A loop iteration shorter than this ran nothing but the turn-giver itself (one
+#: ``epoll_wait(0)`` and one task step: 10-40 us here; a step of any request takes longer).
+IDLE_ITERATION_SECONDS = 0.0002
+
+#: The process's turns and the tenant of the request being served (set in its prepare()).
+_serving: ContextVar[tuple[LoopTurns, str] | None] = ContextVar("kyc_turns", default=None)
+
+
+@dataclass(slots=True)
+class _Waiter:
+    future: asyncio.Future[None]
+    since: float
+
+
+class LoopTurns:
+    """Per process: each tenant's requests in flight, and the line of busy tenants'
+    requests waiting for a turn."""
+
+    def __init__(self, busy_at: int = DEFAULT_BUSY_AT, max_wait: float = MAX_WAIT_SECONDS,
+                 on_wait: Callable[[str], None] | None = None) -> None:
+        #: 0: no tenant is ever busy.
+        self.busy_at = busy_at
+        self.max_wait = max_wait
+        self._on_wait = on_wait
+        self._inflight: collections.Counter[str] = collections.Counter()
+        self._line: collections.deque[_Waiter] = collections.deque()
+        self._giver: asyncio.Task[None] | None = None
+
+    def started(self, tenant_id: str) -> None:
+        """A request of ``tenant_id`` is being served (until :meth:`ended`), in the
+        current context: :func:`take_turn` in it knows its tenant."""
+        self._inflight[tenant_id] += 1
+        _serving.set((self, tenant_id))
+
+    def ended(self, tenant_id: str) -> None:
+        left = self._inflight[tenant_id] - 1
+        if left > 0:
+            self._inflight[tenant_id] = left
+        else:
+            del self._inflight[tenant_id]
+
+    def in_flight(self, tenant_id: str) -> int:
+        return self._inflight.get(tenant_id, 0)
+
+    def busy(self, tenant_id: str) -> bool:
+        return bool(self.busy_at) and self._inflight.get(tenant_id, 0) >= self.busy_at
+
+    def turn(self, tenant_id: str) -> asyncio.Future[None] | None:
+        """None if a request of ``tenant_id`` may go on now (the tenant is not busy), else
+        a future that is done at its turn."""
+        if not self.busy(tenant_id):
+            return None
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(loop.create_future(), loop.time())
+        self._line.append(waiter)
+        if self._on_wait is not None:
+            self._on_wait(tenant_id)
+        if self._giver is None or self._giver.done():
+            self._giver = loop.create_task(self._give_turns())
+        return waiter.future
+
+    async def _give_turns(self) -> None:
+        """One turn per idle loop iteration (or to a request that waited ``max_wait``),
+        oldest first, until the line is empty."""
+        loop = asyncio.get_running_loop()
+        line = self._line
+        last = loop.time()
+        while line:
+            await asyncio.sleep(0)  # to the back of the ready queue: all that is ready runs
+            now = loop.time()
+            head = line[0]
+            if head.future.done():  # cancelled: its request ended while it waited
+                line.popleft()
+            elif now - last < IDLE_ITERATION_SECONDS or now - head.since >= self.max_wait:
+                line.popleft()
+                head.future.set_result(None)
+            last = loop.time()
+
+
+async def take_turn() -> None:
+    """In a request of a busy tenant, wait for a turn; elsewhere return at once.
+
+    Called where a request comes back from a long wait, since a busy tenant's parked
+    requests come back many at a time (all 64 of a flood into a hung hook within its
+    timeout), and each then does its work in front of other tenants' ready requests."""
+    serving = _serving.get()
+    if serving is not None:
+        turn = serving[0].turn(serving[1])
+        if turn is not None:
+            await turn

@@ -1,0 +1,189 @@
+"""Turn-taking on the event loop (web/turns.py, reliability-plan L4 "noisy neighbour").
+
+A tenant with ``busy_tenant_requests`` or more requests in flight in a process is busy; its
+next requests let every other ready piece of work go first, and are still served. The unit
+tests drive :class:`LoopTurns` on a real event loop with other work queued; the HTTP tests
+hold a tenant's requests in a hanging plugin hook on a real server and look at who waited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+from conftest import MakeServer, RunningServer
+from foundation.test_metrics import sample
+from hooks.hooks_helpers import plugins_dir
+from kyc_host.web.turns import LoopTurns, take_turn
+from sep12.sep12_helpers import Wallet, kyc_doc
+
+# --- LoopTurns on an event loop --------------------------------------------------------
+
+
+def other_work(steps: int, step_seconds: float, log: list[str]) -> asyncio.Future[None]:
+    """A chain of ``steps`` callbacks, each busy for ``step_seconds`` and scheduling the
+    next: the loop is never idle until the chain ends (the returned future)."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def step(left: int) -> None:
+        end = time.perf_counter() + step_seconds
+        while time.perf_counter() < end:
+            pass
+        if left:
+            loop.call_soon(step, left - 1)
+        else:
+            log.append("other work done")
+            done.set_result(None)
+
+    loop.call_soon(step, steps - 1)
+    return done
+
+
+async def test_a_busy_tenants_request_goes_after_the_work_that_is_ready() -> None:
+    turns = LoopTurns(busy_at=2, max_wait=10.0)
+    for _ in range(2):
+        turns.started("busy")
+    log: list[str] = []
+    chain = other_work(30, 0.001, log)
+    turn = turns.turn("busy")
+    assert turn is not None
+    turn.add_done_callback(lambda _: log.append("busy tenant's turn"))
+    await asyncio.wait_for(turn, 5)
+    await chain
+    assert log == ["other work done", "busy tenant's turn"]
+
+
+async def test_a_tenant_below_the_mark_never_waits_and_nor_does_one_with_it_off() -> None:
+    turns = LoopTurns(busy_at=3)
+    turns.started("quiet")
+    turns.started("quiet")
+    assert turns.turn("quiet") is None
+    assert turns.turn("nobody") is None
+    off = LoopTurns(busy_at=0)
+    for _ in range(100):
+        off.started("flood")
+    assert off.turn("flood") is None
+
+
+async def test_a_busy_tenant_is_slowed_not_starved_when_the_loop_is_never_idle() -> None:
+    turns = LoopTurns(busy_at=1, max_wait=0.05)
+    turns.started("busy")
+    log: list[str] = []
+    chain = other_work(400, 0.001, log)  # ~0.4 s without an idle iteration
+    turn = turns.turn("busy")
+    assert turn is not None
+    turn.add_done_callback(lambda _: log.append("busy tenant's turn"))
+    await asyncio.wait_for(turn, 5)
+    await chain
+    assert log == ["busy tenant's turn", "other work done"]
+
+
+async def test_turns_are_given_oldest_first_and_the_count_follows_requests() -> None:
+    turns = LoopTurns(busy_at=1)
+    turns.started("a")
+    turns.started("b")
+    order: list[int] = []
+    waiting = [turns.turn("a" if n % 2 else "b") for n in range(6)]
+    for n, turn in enumerate(waiting):
+        assert turn is not None
+        turn.add_done_callback(lambda _, n=n: order.append(n))
+    await asyncio.gather(*waiting)  # type: ignore[arg-type]
+    assert order == list(range(6))
+    turns.ended("a")
+    turns.ended("b")
+    assert (turns.in_flight("a"), turns.in_flight("b")) == (0, 0)
+    assert turns.turn("a") is None
+
+
+async def test_take_turn_waits_only_inside_a_busy_tenants_request() -> None:
+    turns = LoopTurns(busy_at=2, max_wait=10.0)
+    await take_turn()  # outside any request: at once
+
+    async def request(tenant_id: str) -> bool:
+        turns.started(tenant_id)  # as BaseHandler.prepare does, in the request's own task
+        log: list[str] = []
+        chain = other_work(20, 0.001, log)
+        await take_turn()
+        waited = log == ["other work done"]
+        await chain
+        return waited
+
+    assert await asyncio.create_task(request("quiet")) is False  # 1 in flight: no wait
+    assert await asyncio.create_task(request("quiet")) is True  # now 2: busy, waited
+
+
+# --- over HTTP, with requests held in a hanging plugin hook -----------------------------
+
+
+def hung() -> list[asyncio.Task[None]]:
+    """The hook calls now inside the hanging plugin (each server loads it afresh)."""
+    module = sys.modules.get("kyc_host_plugins.hanging")
+    return [] if module is None else [task for task in module.ENTERED if not task.done()]
+
+
+async def hold(srv: RunningServer, count: int) -> list[asyncio.Future[object]]:
+    """``count`` GET /customer of tenant t1, each inside its hanging hook."""
+    before = len(hung())
+    held = [asyncio.ensure_future(Wallet(srv, "a.test", "t1").get()) for _ in range(count)]
+    for _ in range(3000):
+        if len(hung()) == before + count:
+            break
+        await asyncio.sleep(0.01)
+    assert len(hung()) == before + count
+    return held
+
+
+async def turns_taken(srv: RunningServer, tenant: str) -> float:
+    metrics = (await srv.fetch("localhost", "/metrics", admin=True)).body.decode()
+    return sample(metrics, "kyc_busy_tenant_turns_total", tenant=tenant)
+
+
+async def test_a_busy_tenants_requests_wait_their_turn_and_are_served(
+        make_server: MakeServer, tmp_path: Path) -> None:
+    srv = await make_server(
+        kyc_doc("t1", ["a.test"], plugin="hanging", limits={"hook_timeout_seconds": 30}),
+        kyc_doc("t2", ["b.test"], plugin="demo_anchor"),
+        plugins_dir=plugins_dir(tmp_path), busy_tenant_requests=3)
+    held: list[asyncio.Future[object]] = []
+    try:
+        held += await hold(srv, 2)
+        held += await hold(srv, 1)  # the third request makes t1 busy...
+        assert await turns_taken(srv, "t1") == 0  # ...and none of the three waited
+        held += await hold(srv, 1)  # the fourth waited for its turn, and reached the hook
+        assert await turns_taken(srv, "t1") == 1
+        assert srv.services.turns.in_flight("t1") == 4
+        # The other tenant, below the mark, is served as usual and never waits for a turn.
+        for _ in range(3):
+            replies = await asyncio.gather(*[Wallet(srv, "b.test", "t2").get()
+                                             for _ in range(2)])
+            assert {r.status for r in replies} == {200}
+        assert await turns_taken(srv, "t2") == 0
+        # A busy tenant's other routes wait too, and are answered.
+        assert (await srv.fetch("a.test", "/.well-known/stellar.toml")).code == 200
+        assert await turns_taken(srv, "t1") == 2
+    finally:
+        for task in hung():
+            task.cancel()
+        await asyncio.gather(*held, return_exceptions=True)
+    assert srv.services.turns.in_flight("t1") == 0  # every request that ended was counted out
+    assert srv.services.turns.in_flight("t2") == 0
+
+
+async def test_with_turns_off_no_request_waits(make_server: MakeServer, tmp_path: Path) -> None:
+    srv = await make_server(
+        kyc_doc("t1", ["a.test"], plugin="hanging", limits={"hook_timeout_seconds": 30}),
+        kyc_doc("t2", ["b.test"], plugin="demo_anchor"),
+        plugins_dir=plugins_dir(tmp_path), busy_tenant_requests=0)
+    held: list[asyncio.Future[object]] = []
+    try:
+        held += await hold(srv, 4)
+        assert (await srv.fetch("a.test", "/.well-known/stellar.toml")).code == 200
+        assert await turns_taken(srv, "t1") == 0
+        assert srv.services.turns.in_flight("t1") == 4  # counted all the same
+    finally:
+        for task in hung():
+            task.cancel()
+        await asyncio.gather(*held, return_exceptions=True)
