@@ -292,8 +292,9 @@ async def serve(
 #: default: 5 ms). The event loop gives the GIL up at every system call and then waits for
 #: it; with a store or file thread busy in Python (an upload being encoded for SQLite) each
 #: of those waits took up to the whole interval, several times per request of every tenant.
-#: At 0.5 ms a request of the quiet tenant waited 1.2 ms instead of 5.8 ms for a busy
-#: thread (measured alone); threads switch more often, which costs little with few threads.
+#: With one thread running pure Python, the loop thread waited 1.2 ms (p50) to get the GIL
+#: back at 0.5 ms instead of 5.8 ms at 5 ms (measured alone, BENCHMARKS.md); threads switch
+#: more often, which costs little with the few threads a process has.
 GIL_SWITCH_SECONDS = 0.0005
 
 
