@@ -222,6 +222,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                              "(reliability-plan L4: 20); 0: none")
     parser.add_argument("--upload-bytes", type=int, default=UPLOAD_BYTES,
                         help="size of each uploaded JPEG (default: A's 10 MiB file limit)")
+    parser.add_argument("--noise-elsewhere", action="store_true",
+                        help="control run: A's noise goes to a second server process on the "
+                             "same machine, so B shares the cores with it but not the process "
+                             "(SQLite only)")
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep the working directory")
     parser.add_argument("--smoke", action="store_true",
@@ -233,6 +237,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         opts.put_flood_connections = min(opts.put_flood_connections, 1)
         opts.hang_fetches, opts.uploads = min(opts.hang_fetches, 12), min(opts.uploads, 2)
         opts.upload_bytes = min(opts.upload_bytes, 1024 * 1024)
+    if opts.noise_elsewhere and opts.backend != "sqlite":
+        parser.error("--noise-elsewhere runs with --backend sqlite only")
     if not 1024 <= opts.upload_bytes <= UPLOAD_BYTES:
         parser.error(f"--upload-bytes must be from 1024 to {UPLOAD_BYTES} (A's file limit)")
     return opts
@@ -685,6 +691,8 @@ class Noise:
     a_tokens: list[str]
     upload_tokens: list[str]
     site: HangingSite
+    #: The public port A's noise is sent to: B's server, or another (--noise-elsewhere).
+    port: int
 
 
 async def noisy_round(server: ServerProcess, noise: Noise, b_tokens: list[str],
@@ -695,14 +703,14 @@ async def noisy_round(server: ServerProcess, noise: Noise, b_tokens: list[str],
     site = noise.site
     site.reset_peak()
     accepted0 = site.accepted
-    worker = (await NoiseWorker.start(server.public_port, opts, noise.upload_tokens)
+    worker = (await NoiseWorker.start(noise.port, opts, noise.upload_tokens)
               if opts.hang_fetches or opts.uploads else None)
     flood_seconds = opts.seconds + 2
     auth = [(A_HOST, f"Bearer {t}") for t in a_tokens]
     get_flood = RequestSet("GET", "/kyc/customer", auth)
     floods = {}
     if opts.flood_connections:
-        floods["get"] = asyncio.to_thread(run_wrk, server.public_port, get_flood,
+        floods["get"] = asyncio.to_thread(run_wrk, noise.port, get_flood,
                                           seconds=flood_seconds,
                                           connections=opts.flood_connections, timeout=10.0,
                                           niceness=opts.niceness)
@@ -711,12 +719,12 @@ async def noisy_round(server: ServerProcess, noise: Noise, b_tokens: list[str],
         put_flood = RequestSet("PUT", "/kyc/customer", auth, content_type="application/json",
                                prefix=prefix, suffix=b'"}',
                                unique_offset=1000000 * (1 + len(phase.rounds)))
-        floods["put"] = asyncio.to_thread(run_wrk, server.public_port, put_flood,
+        floods["put"] = asyncio.to_thread(run_wrk, noise.port, put_flood,
                                           seconds=flood_seconds,
                                           connections=opts.put_flood_connections, timeout=10.0,
                                           niceness=opts.niceness)
     running = {name: asyncio.ensure_future(f) for name, f in floods.items()}
-    paced = asyncio.ensure_future(paced_puts(server.public_port, a_tokens, opts.put_rate,
+    paced = asyncio.ensure_future(paced_puts(noise.port, a_tokens, opts.put_rate,
                                              flood_seconds, 1000 * (1 + len(phase.rounds))))
     await asyncio.sleep(1.0)
     server0, plugins0 = cpu_seconds(server.supervisor), children_cpu(server.supervisor)
@@ -752,11 +760,13 @@ async def noisy_round(server: ServerProcess, noise: Noise, b_tokens: list[str],
     await asyncio.sleep(HOOK_TIMEOUT + 1)  # A's requests cut by wrk's stop end their hooks
 
 
-async def scenario(server: ServerProcess, site: HangingSite,
-                   opts: argparse.Namespace) -> dict[str, Any]:
+async def scenario(server: ServerProcess, site: HangingSite, opts: argparse.Namespace,
+                   noise_server: ServerProcess | None = None) -> dict[str, Any]:
     """``rounds`` times: B quiet, then B while A is flooded (interleaved, so the machine's
-    other load drifts over both kinds alike); p95s pooled over the rounds."""
+    other load drifts over both kinds alike); p95s pooled over the rounds. A's noise goes
+    to ``noise_server`` if given (a control: the same machine, another process)."""
     port, port_admin = server.public_port, server.admin_port
+    a_port = port if noise_server is None else noise_server.public_port
     b_tokens = await wallets(port, B_HOST, 8)
     conn = Connection(port)
     try:
@@ -764,13 +774,14 @@ async def scenario(server: ServerProcess, site: HangingSite,
             await put_customer(conn, B_HOST, token, customer_fields(serial))
     finally:
         await conn.close()
-    noise = Noise(a_tokens=await wallets(port, A_HOST, 8),
-                  upload_tokens=await wallets(port, A_HOST, opts.uploads), site=site)
+    noise = Noise(a_tokens=await wallets(a_port, A_HOST, 8),
+                  upload_tokens=await wallets(a_port, A_HOST, opts.uploads), site=site,
+                  port=a_port)
     # One call of A's hanging hook first: until A's worker pool has started a worker, it
     # does not know which hooks the plugin overrides and sends every hook to a worker (a
     # PUT's verification_fields too), where the GET flood would make A's PUTs and uploads
     # fail with 500 at the hook timeout instead of loading the server as L4 means.
-    conn = Connection(port, timeout=HOOK_TIMEOUT + 30)
+    conn = Connection(a_port, timeout=HOOK_TIMEOUT + 30)
     try:
         await conn.request("GET", "/kyc/customer", A_HOST, headers=bearer(noise.a_tokens[0]))
     finally:
@@ -829,13 +840,15 @@ class LimitedDeployment(Deployment):
 
 @contextlib.contextmanager
 def deployment(opts: argparse.Namespace, workdir: Path, horizon: HorizonStub,
-               site: HangingSite) -> Iterator[ServerProcess]:
+               site: HangingSite, name: str = "server") -> Iterator[ServerProcess]:
     with contextlib.ExitStack() as stack:
         mongo_base = None
         if opts.backend == "mongo":
             mongo_base, _ = stack.enter_context(mongo_server(workdir / "ferretdb"))
-        deploy = LimitedDeployment(workdir / "server",
-                                   storage_url(opts.backend, workdir, mongo_base),
+        # Each deployment its own store (and master key): the noise server's is in its dir.
+        store_dir = workdir if name == "server" else workdir / name
+        deploy = LimitedDeployment(workdir / name,
+                                   storage_url(opts.backend, store_dir, mongo_base),
                                    hang_port=site.port)
         deploy.workdir.mkdir(parents=True, exist_ok=True)
         plugins = deploy.workdir / "plugins"
@@ -889,7 +902,9 @@ def print_table(report: dict[str, Any]) -> None:
     say(f"noisy neighbour: backend {report['backend']}, A's plugin {report['plugin']}s, "
         f"{report['rounds']} rounds x {report['seconds']} s per phase; {b_load}; A's load "
         f"generators at nice {report['generator_niceness']}, upload retry "
-        f"{report['upload_retry']}{expect}; load 1/5/15 min before {report['load_before']} after "
+        f"{report['upload_retry']}{expect}"
+        f"{'; CONTROL: A on another server process' if report['noise_elsewhere'] else ''}; "
+        f"load 1/5/15 min before {report['load_before']} after "
         f"{report['load_after']}")
     say(f"{'B GET /kyc/customer':<22}{'requests':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
         f"{'errors':>8}")
@@ -946,9 +961,13 @@ def main(argv: list[str] | None = None) -> int:
     horizon.start()
     site = HangingSite()
     try:
-        with deployment(opts, workdir, horizon, site) as server:
+        with contextlib.ExitStack() as servers:
+            server = servers.enter_context(deployment(opts, workdir, horizon, site))
+            noise_server = (servers.enter_context(deployment(opts, workdir, horizon, site,
+                                                             name="noise-server"))
+                            if opts.noise_elsewhere else None)
             try:
-                figures = asyncio.run(scenario(server, site, opts))
+                figures = asyncio.run(scenario(server, site, opts, noise_server))
             except (HttpError, OSError) as exc:
                 say(f"benchmark failed: {exc}\n{server.log_tail()}")
                 return 1
@@ -966,6 +985,7 @@ def main(argv: list[str] | None = None) -> int:
               "put_flood_connections": opts.put_flood_connections,
               "put_rate_per_s": opts.put_rate, "hang_fetches": opts.hang_fetches,
               "uploads": opts.uploads, "upload_bytes": opts.upload_bytes,
+              "noise_elsewhere": opts.noise_elsewhere,
               "load_before": load_before, "load_after": loads(),
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                           "platform": platform.platform()},

@@ -114,6 +114,25 @@ def test_noisy_neighbour_smoke_run_reports_both_p95s(tmp_path: Path) -> None:
         assert report[phase]["rounds"][0]["loop_lag"]["samples"] >= 5, report[phase]
 
 
+@pytest.mark.slow
+def test_noisy_neighbour_control_sends_the_noise_to_another_process(tmp_path: Path) -> None:
+    """``--noise-elsewhere``: A's noise reaches a second server, never B's."""
+    out = tmp_path / "noisy.json"
+    result = subprocess.run(
+        [sys.executable, str(HERE / "noisy_neighbour.py"), "--smoke", "--noise-elsewhere",
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=110, check=False, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(out.read_text())
+    assert report["noise_elsewhere"] is True
+    assert "CONTROL" in result.stdout
+    flood = report["noisy"]["rounds"][0]["get_flood"]
+    assert flood["requests"] == flood["non_2xx"] > 0  # A's hook failed, on the other server
+    # B's server logged none of A's failures (a run without the flag logs every one).
+    assert report["server_errors_logged"] == 0
+    positive(report, "p95_ratio")
+
+
 ROUTE_FIGURES = ("requests", "p50_ms", "p95_ms", "p99_ms", "max_ms", "statuses")
 L1_ROUTES = ("GET /auth", "POST /auth", "GET /customer", "PUT /customer JSON",
              "PUT /customer multipart", "GET admin customers")
