@@ -81,6 +81,33 @@ async def test_a_busy_tenant_is_slowed_not_starved_when_the_loop_is_never_idle()
     assert await order_of_turn_and_work(turns, 400) == ["busy tenant's turn", "other work done"]
 
 
+async def test_every_request_that_waited_max_wait_goes_on_together() -> None:
+    """With the loop never idle, the requests past ``max_wait`` are let through at once,
+    not one per loop iteration (a line of 64 would otherwise wait 64 more iterations)."""
+    turns = LoopTurns(busy_at=1, max_wait=0.05)
+    turns.started("busy")
+    log: list[str] = []
+    loop = asyncio.get_running_loop()
+
+    def step(left: int) -> None:
+        end = time.perf_counter() + 0.001
+        while time.perf_counter() < end:
+            pass
+        log.append("step")
+        if left:
+            loop.call_soon(step, left - 1)
+
+    loop.call_soon(step, 300)
+    waiting = [turns.turn("busy") for _ in range(10)]
+    for turn in waiting:
+        assert turn is not None
+        turn.add_done_callback(lambda _: log.append("turn"))
+    await asyncio.gather(*waiting)  # type: ignore[arg-type]
+    first = log.index("turn")
+    assert log[first:first + 10] == ["turn"] * 10, log[first - 2:first + 12]
+    assert log[:first].count("step") < 301  # all while the loop was still never idle
+
+
 async def test_turns_are_given_oldest_first_and_the_count_follows_requests() -> None:
     turns = LoopTurns(busy_at=1)
     turns.started("a")

@@ -94,20 +94,21 @@ class LoopTurns:
         return waiter.future
 
     async def _give_turns(self) -> None:
-        """One turn per idle loop iteration (or to a request that waited ``max_wait``),
-        oldest first, until the line is empty."""
+        """One turn per idle loop iteration, oldest first, and at once to every request
+        that has waited ``max_wait``, until the line is empty."""
         loop = asyncio.get_running_loop()
         line = self._line
         last = loop.time()
         while line:
             await asyncio.sleep(0)  # to the back of the ready queue: all that is ready runs
             now = loop.time()
-            head = line[0]
-            if head.future.done():  # cancelled: its request ended while it waited
-                line.popleft()
-            elif now - last < IDLE_ITERATION_SECONDS or now - head.since >= self.max_wait:
-                line.popleft()
-                head.future.set_result(None)
+            idle = now - last < IDLE_ITERATION_SECONDS
+            while line and (idle or line[0].future.done()
+                            or now - line[0].since >= self.max_wait):
+                head = line.popleft()
+                if not head.future.done():  # else cancelled: its request ended meanwhile
+                    head.future.set_result(None)
+                    idle = False  # one turn per idle iteration
             last = loop.time()
 
 
