@@ -414,6 +414,12 @@ def test_workers_end_when_their_supervisor_is_killed(
     while len(workers := children_of(server.pid)) < 2 and time.monotonic() < end:
         time.sleep(0.05)
     assert len(workers) == 2, workers
+    # Both must be serving (signal handlers in place): a worker still starting when told to
+    # stop just ends by the default SIGTERM action, with nothing in flight and nothing logged.
+    end = time.monotonic() + START_DEADLINE
+    while workspace.log().count('"msg": "serving ') < 2 and time.monotonic() < end:
+        time.sleep(0.05)
+    assert workspace.log().count('"msg": "serving ') == 2, workspace.log()
     server.kill()
     server.wait()
     end = time.monotonic() + 20
