@@ -272,15 +272,16 @@ async def serve(
     public, admin = listeners or bind_listeners(settings, reuse_port=reuse_port)
     frozen = _freeze_start_up_objects()  # before accepting: the collection pauses the loop
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
+    # Handlers before the first request is accepted: from then on a stop drains.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     server = Server(services)
     server.start(public, admin)
     log.info("serving %d tenant(s): public http://%s, admin http://%s (backend %s, pid %d, "
              "%d start-up objects frozen)", len(services.registry), settings.public_listen,
              settings.admin_listen, services.store.backend_name, os.getpid(), frozen)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down: %d request(s) in flight", services.inflight.count)
     await server.stop(settings.shutdown_timeout_seconds)

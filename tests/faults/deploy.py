@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -92,7 +93,7 @@ class Deployment:
                     reply = await client.fetch(f"http://127.0.0.1:{self.admin_port}/readyz",
                                                raise_error=False, request_timeout=2)
                     if reply.code == 200 and (self.workers <= 1
-                                              or len(self.worker_pids()) == self.workers):
+                                              or len(self.serving_workers()) == self.workers):
                         return
                 except OSError:
                     pass
@@ -116,6 +117,12 @@ class Deployment:
         except OSError:
             return []
         return [int(p) for p in text.split()]
+
+    def serving_workers(self) -> set[int]:
+        """The workers that have logged "serving": their signal handlers are in place (one
+        still starting ends by the default action of SIGTERM, without draining)."""
+        serving = {int(pid) for pid in re.findall(r'"msg": "serving .*?, pid (\d+)', self.log())}
+        return serving & set(self.worker_pids())
 
     def kill_worker(self, pid: int) -> None:
         """SIGKILL one worker; its supervisor starts a new one."""
