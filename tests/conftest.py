@@ -259,6 +259,17 @@ async def two_tenants(make_server: MakeServer) -> RunningServer:
     return await make_server(make_tenant_doc("t1", ["a.test"]), make_tenant_doc("t2", ["b.test"]))
 
 
+@pytest.fixture
+async def receiver() -> AsyncIterator[Any]:
+    """A real HTTP server standing in for wallets' callback URLs and anchors' webhook
+    endpoints (callbacks/cb_helpers.py Receiver)."""
+    from callbacks.cb_helpers import Receiver
+
+    instance = Receiver()
+    yield instance
+    await instance.close()
+
+
 # --- the MongoDB tests must run, never be skipped --------------------------------------
 
 

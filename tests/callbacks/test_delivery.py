@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -33,13 +32,6 @@ from kyc_host.sep.sep12_tenant import service_for
 from kyc_host.sep.sep12_types import CustomerStatus
 from kyc_host.settings import PlatformSettings
 from sep12.sep12_helpers import Wallet, tenant_of
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    instance = Receiver()
-    yield instance
-    await instance.close()
 
 
 def crash(srv: RunningServer) -> None:

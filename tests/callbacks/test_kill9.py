@@ -5,10 +5,7 @@ receiver; once the receiver recovers, every event is delivered (at least once, s
 from __future__ import annotations
 
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
 
 from callbacks.cb_helpers import FAST, Receiver, complete, customer_with_callback, eventually
 from conftest import RunningServer, make_tenant_doc
@@ -18,13 +15,6 @@ from kyc_host.settings import load_settings
 from sep12.sep12_helpers import Wallet
 
 CUSTOMERS_PER_TENANT = 20
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    instance = Receiver()
-    yield instance
-    await instance.close()
 
 
 def _deployment(root: Path, storage_url: str) -> Deployment:

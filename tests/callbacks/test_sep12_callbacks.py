@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-
-import pytest
 
 from callbacks.cb_helpers import (
     ALICE,
@@ -28,13 +25,6 @@ from kyc_host.callbacks.signing import url_host, verify_sep12
 from kyc_host.sep.sep12_tenant import service_for
 from kyc_host.sep.sep12_types import CustomerStatus
 from sep12.sep12_helpers import Wallet, tenant_of
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    instance = Receiver()
-    yield instance
-    await instance.close()
 
 
 async def test_status_change_sends_one_signed_post_equal_to_get(

@@ -7,7 +7,6 @@ import asyncio
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -32,13 +31,6 @@ from sep12.sep12_helpers import Wallet
 CURRENT = "wh-secret-current-0123456789abcdef"
 PREVIOUS = "wh-secret-previous-0123456789abcdef"
 PII = ("Zqwebhookfirst", "Xkwebhooklast", "zq.webhook@canary-example.org")
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    instance = Receiver()
-    yield instance
-    await instance.close()
 
 
 @pytest.fixture(autouse=True)

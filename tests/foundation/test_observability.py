@@ -195,13 +195,6 @@ async def test_hook_calls_failures_and_durations_by_tenant(
 # --- outbox --------------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    instance = Receiver()
-    yield instance
-    await instance.close()
-
-
 async def test_outbox_depth_then_delivery_by_tenant(make_server: MakeServer,
                                                     receiver: Receiver) -> None:
     srv = await make_server(cb_doc("t1", ["a.test"]), cb_doc("t2", ["b.test"]), **FAST)
