@@ -172,8 +172,11 @@ class Server:
 
     def _turn_for(self, host: str) -> Awaitable[None] | None:
         """What a request to ``host`` waits for before it is routed (web/turns.py)."""
-        tenant = self.services.registry.for_host(split_host_and_port(host.lower())[0])
-        return None if tenant is None else self.services.turns.turn(tenant.id)
+        registry = self.services.registry
+        tenant = registry.for_host(split_host_and_port(host.lower())[0])
+        if tenant is None or not registry.serves(tenant.id):
+            return None
+        return self.services.turns.turn(tenant.id)
 
     def start(self, public: list[socket.socket], admin: list[socket.socket]) -> None:
         for app, sockets in ((make_public_app(self.services), public),
@@ -279,8 +282,12 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     server = Server(services)
     server.start(public, admin)
+    served = len(services.registry.served())
+    if settings.serve_tenants != ("*",):
+        log.info("serve_tenants %s: %d of %d tenant(s)", ",".join(settings.serve_tenants),
+                 served, len(services.registry))
     log.info("serving %d tenant(s): public http://%s, admin http://%s (backend %s, pid %d, "
-             "%d start-up objects frozen)", len(services.registry), settings.public_listen,
+             "%d start-up objects frozen)", served, settings.public_listen,
              settings.admin_listen, services.store.backend_name, os.getpid(), frozen)
     await stop.wait()
     log.info("shutting down: %d request(s) in flight", services.inflight.count)

@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--admin-listen", help="HOST:PORT of the management listener")
     serve.add_argument("--tenants-dir", help="tenant files applied at start")
     serve.add_argument("--plugins-dir", help="where tenant plugins are found")
+    serve.add_argument("--serve-tenants", metavar="PATTERNS",
+                       help="comma-separated tenant ids or patterns (\"big-*\") this process "
+                            "serves; default every tenant")
     serve.add_argument("--workers", type=int, default=1, metavar="N",
                        help="worker processes sharing the listeners (default 1)")
     serve.set_defaults(run=_serve)
@@ -276,7 +279,8 @@ def _settings(args: argparse.Namespace) -> PlatformSettings:
         for key, attr in (("storage_url", "storage_url"), ("master_key_file", "master_key_file"),
                           ("dev_mode", "dev"), ("log_level", "log_level"),
                           ("public_listen", "public_listen"), ("admin_listen", "admin_listen"),
-                          ("tenants_dir", "tenants_dir"), ("plugins_dir", "plugins_dir"))
+                          ("tenants_dir", "tenants_dir"), ("plugins_dir", "plugins_dir"),
+                          ("serve_tenants", "serve_tenants"))
     }
     config = args.config if args.config is not None else default_config_path()
     return load_settings(config, overrides)

@@ -49,6 +49,13 @@ class Conflict(ApiError):
     status = 409
 
 
+class MisdirectedRequest(ApiError):
+    """RFC 9110 §15.5.20: this server does not serve the request's host (a tenant another
+    group of processes serves, and the load balancer sent it here)."""
+
+    status = 421
+
+
 class PayloadTooLarge(ApiError):
     status = 413
 

@@ -77,6 +77,9 @@ class PlatformSettings:
     # Dev mode only: host names the outbound client sends to a local address instead of
     # resolving them (net/safe_http.py static_hosts), as (name, ip, port).
     dev_static_hosts: tuple[tuple[str, str, int], ...] = ()
+    # Which tenants this process serves on the public listener and runs callbacks and
+    # purges for (tenant-id patterns; tenancy/registry.py TenantRegistry.serves).
+    serve_tenants: tuple[str, ...] = ("*",)
 
     @property
     def public_port(self) -> int:
@@ -210,6 +213,22 @@ def _parse_static_hosts(raw: object) -> tuple[tuple[str, str, int], ...]:
     return tuple(hosts)
 
 
+def _parse_tenant_patterns(raw: object) -> tuple[str, ...]:
+    items = raw.split(",") if isinstance(raw, str) else raw
+    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+        raise ValueError("expected a list of tenant ids or patterns such as [\"*\"] or "
+                         "[\"acme\", \"big-*\"]")
+    patterns = tuple(item.strip() for item in items if item.strip())
+    if not patterns:
+        raise ValueError("expected at least one tenant id or pattern (\"*\": every tenant)")
+    for pattern in patterns:
+        # Tenant ids are [a-z0-9-]; * matches any run of them, ? one character.
+        if not re.fullmatch(r"[a-z0-9*?-]{1,40}", pattern):
+            raise ValueError(f"{pattern!r} is not a tenant id or a pattern of lower-case "
+                             "letters, digits, '-', '*' and '?'")
+    return patterns
+
+
 def _parse_log_level(raw: object) -> str:
     if not isinstance(raw, str) or raw.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ValueError("expected one of debug, info, warning, error")
@@ -279,6 +298,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("dev_static_hosts", _parse_static_hosts, [],
             "Dev mode only: \"name=IP:PORT\" entries; outbound fetches of https://name/ "
             "(client_domain's stellar.toml) go to IP:PORT over plain HTTP (local stand-ins)."),
+    Setting("serve_tenants", _parse_tenant_patterns, ["*"],
+            "Tenant ids (\"*\" and \"?\" patterns) this process serves on the public "
+            "listener and delivers callbacks and purges for; other tenants' hosts are "
+            "answered 421. Run groups of processes for groups of tenants behind a load "
+            "balancer that routes by Host, so a busy tenant has its own CPU."),
 )
 _BY_KEY = {s.key: s for s in SETTINGS}
 

@@ -226,6 +226,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help="control run: A's noise goes to a second server process on the "
                              "same machine, so B shares the cores with it but not the process "
                              "(SQLite only)")
+    parser.add_argument("--tenant-groups", action="store_true",
+                        help="A and B in separate groups of processes (setting "
+                             "serve_tenants) on one store, each tenant's requests sent to its "
+                             "group as a load balancer routing by Host would")
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep the working directory")
     parser.add_argument("--smoke", action="store_true",
@@ -239,6 +243,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         opts.upload_bytes = min(opts.upload_bytes, 1024 * 1024)
     if opts.noise_elsewhere and opts.backend != "sqlite":
         parser.error("--noise-elsewhere runs with --backend sqlite only")
+    if opts.noise_elsewhere and opts.tenant_groups:
+        parser.error("--noise-elsewhere and --tenant-groups are two different set-ups")
     if not 1024 <= opts.upload_bytes <= UPLOAD_BYTES:
         parser.error(f"--upload-bytes must be from 1024 to {UPLOAD_BYTES} (A's file limit)")
     return opts
@@ -825,6 +831,8 @@ class LimitedDeployment(Deployment):
     address), and A's wallet domain sent to the hanging site (dev mode)."""
 
     hang_port: int = 0
+    #: --tenant-groups: the tenants this deployment's processes serve (None: all).
+    serve_tenants: tuple[str, ...] | None = None
 
     def write_config(self, public_port: int, admin_port: int,
                      tenants_dir: Path | None = None) -> Path:
@@ -834,23 +842,35 @@ class LimitedDeployment(Deployment):
             text += "rate_limits = true\n"
         text += 'trusted_proxies = ["127.0.0.1/32"]\n'
         text += f'dev_static_hosts = ["{HANG_DOMAIN}=127.0.0.1:{self.hang_port}"]\n'
+        if self.serve_tenants is not None:
+            text += f"serve_tenants = {json.dumps(list(self.serve_tenants))}\n"
         config.write_text(text)
         return config
 
 
 @contextlib.contextmanager
 def deployment(opts: argparse.Namespace, workdir: Path, horizon: HorizonStub,
-               site: HangingSite, name: str = "server") -> Iterator[ServerProcess]:
+               site: HangingSite, name: str = "server", *,
+               serve_tenants: tuple[str, ...] | None = None,
+               share_with: ServerProcess | None = None) -> Iterator[ServerProcess]:
+    """A server process in ``workdir / name``: its own store and master key, or, with
+    ``share_with``, that server's (another group of processes of the same deployment)."""
     with contextlib.ExitStack() as stack:
-        mongo_base = None
-        if opts.backend == "mongo":
-            mongo_base, _ = stack.enter_context(mongo_server(workdir / "ferretdb"))
-        # Each deployment its own store (and master key): the noise server's is in its dir.
-        store_dir = workdir if name == "server" else workdir / name
-        deploy = LimitedDeployment(workdir / name,
-                                   storage_url(opts.backend, store_dir, mongo_base),
-                                   hang_port=site.port)
+        if share_with is not None:
+            url = share_with.deployment.storage_url
+        else:
+            mongo_base = None
+            if opts.backend == "mongo":
+                mongo_base, _ = stack.enter_context(mongo_server(workdir / "ferretdb"))
+            # Each deployment its own store: the noise server's is in its dir.
+            store_dir = workdir if name == "server" else workdir / name
+            url = storage_url(opts.backend, store_dir, mongo_base)
+        deploy = LimitedDeployment(workdir / name, url, hang_port=site.port,
+                                   serve_tenants=serve_tenants)
         deploy.workdir.mkdir(parents=True, exist_ok=True)
+        if share_with is not None:
+            shutil.copy(share_with.deployment.workdir / "master.key",
+                        deploy.workdir / "master.key")
         plugins = deploy.workdir / "plugins"
         plugins.mkdir(exist_ok=True)
         (plugins / "noisy.py").write_text(NOISY_PLUGIN)
@@ -903,7 +923,8 @@ def print_table(report: dict[str, Any]) -> None:
         f"{report['rounds']} rounds x {report['seconds']} s per phase; {b_load}; A's load "
         f"generators at nice {report['generator_niceness']}, upload retry "
         f"{report['upload_retry']}{expect}"
-        f"{'; CONTROL: A on another server process' if report['noise_elsewhere'] else ''}; "
+        f"{'; CONTROL: A on another server process' if report['noise_elsewhere'] else ''}"
+        f"{'; TENANT GROUPS: A, B own processes, one store' if report['tenant_groups'] else ''}; "
         f"load 1/5/15 min before {report['load_before']} after "
         f"{report['load_after']}")
     say(f"{'B GET /kyc/customer':<22}{'requests':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
@@ -962,16 +983,23 @@ def main(argv: list[str] | None = None) -> int:
     site = HangingSite()
     try:
         with contextlib.ExitStack() as servers:
-            server = servers.enter_context(deployment(opts, workdir, horizon, site))
-            noise_server = (servers.enter_context(deployment(opts, workdir, horizon, site,
-                                                             name="noise-server"))
-                            if opts.noise_elsewhere else None)
+            groups = opts.tenant_groups
+            server = servers.enter_context(deployment(
+                opts, workdir, horizon, site, serve_tenants=("victim",) if groups else None))
+            noise_server = None
+            if opts.noise_elsewhere or groups:
+                noise_server = servers.enter_context(deployment(
+                    opts, workdir, horizon, site, name="noise-server",
+                    serve_tenants=("noisy",) if groups else None,
+                    share_with=server if groups else None))
             try:
                 figures = asyncio.run(scenario(server, site, opts, noise_server))
             except (HttpError, OSError) as exc:
                 say(f"benchmark failed: {exc}\n{server.log_tail()}")
                 return 1
             figures["server_errors_logged"] = len(server.errors_logged())
+            if noise_server is not None:
+                figures["noise_server_errors_logged"] = len(noise_server.errors_logged())
     finally:
         site.sock.close()
         horizon.stop()
@@ -985,7 +1013,7 @@ def main(argv: list[str] | None = None) -> int:
               "put_flood_connections": opts.put_flood_connections,
               "put_rate_per_s": opts.put_rate, "hang_fetches": opts.hang_fetches,
               "uploads": opts.uploads, "upload_bytes": opts.upload_bytes,
-              "noise_elsewhere": opts.noise_elsewhere,
+              "noise_elsewhere": opts.noise_elsewhere, "tenant_groups": opts.tenant_groups,
               "load_before": load_before, "load_after": loads(),
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                           "platform": platform.platform()},

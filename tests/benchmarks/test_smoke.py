@@ -115,21 +115,29 @@ def test_noisy_neighbour_smoke_run_reports_both_p95s(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_noisy_neighbour_control_sends_the_noise_to_another_process(tmp_path: Path) -> None:
-    """``--noise-elsewhere``: A's noise reaches a second server, never B's."""
+@pytest.mark.parametrize(("flag", "banner"), [("--noise-elsewhere", "CONTROL"),
+                                              ("--tenant-groups", "TENANT GROUPS")])
+def test_noisy_neighbour_can_send_the_noise_to_another_process(
+        tmp_path: Path, flag: str, banner: str) -> None:
+    """``--noise-elsewhere`` (a second server with its own store) and ``--tenant-groups``
+    (A's group and B's group of one deployment, serve_tenants): A's noise reaches the
+    other server, never B's."""
     out = tmp_path / "noisy.json"
     result = subprocess.run(
-        [sys.executable, str(HERE / "noisy_neighbour.py"), "--smoke", "--noise-elsewhere",
+        [sys.executable, str(HERE / "noisy_neighbour.py"), "--smoke", flag,
          "--json", str(out)],
         capture_output=True, text=True, timeout=110, check=False, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(out.read_text())
-    assert report["noise_elsewhere"] is True
-    assert "CONTROL" in result.stdout
+    assert report["noise_elsewhere"] is (flag == "--noise-elsewhere")
+    assert report["tenant_groups"] is (flag == "--tenant-groups")
+    assert banner in result.stdout
     flood = report["noisy"]["rounds"][0]["get_flood"]
     assert flood["requests"] == flood["non_2xx"] > 0  # A's hook failed, on the other server
-    # B's server logged none of A's failures (a run without the flag logs every one).
+    # B's server logged none of A's failures (a run without the flag logs every one); the
+    # other server logged them.
     assert report["server_errors_logged"] == 0
+    assert report["noise_server_errors_logged"] > 0
     positive(report, "p95_ratio")
 
 

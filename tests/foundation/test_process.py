@@ -195,6 +195,40 @@ def test_serves_demo_and_picks_up_a_tenant_applied_while_running(
     assert "Traceback" not in workspace.log()
 
 
+def test_serve_tenants_flag_serves_only_its_group(
+    workspace: Workspace, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    """``serve --serve-tenants`` (a group of processes for some tenants): the demo tenant is
+    not in the group (421), a tenant applied while running that matches is served."""
+    server = workspace.serve("--serve-tenants", "new*,other")
+    processes.append(server)
+    workspace.wait_ready(server)
+    assert "serve_tenants new*,other: 0 of 1 tenant(s)" in workspace.log()
+    demo = get(workspace.public_port, "demo.localhost", TOML)
+    assert demo.status == 421
+    assert demo.json() == {"error": "this host is not served here (misrouted request)"}
+    new_file = write_tenant(workspace.root / "new.toml", "newcomer", "new.localhost")
+    applied = workspace.cli("tenant", "apply", str(new_file), "--config", str(workspace.config))
+    assert applied.returncode == 0, applied.stderr
+    end = time.monotonic() + 5.0
+    while (response := get(workspace.public_port, "new.localhost", TOML)).status != 200:
+        if time.monotonic() > end:
+            pytest.fail(f"new.localhost still {response.status} 5 s after apply")
+        time.sleep(0.05)
+    ready = get(workspace.admin_port, "localhost", "/readyz").json()
+    assert (ready["tenants"], ready["served"]) == (2, 1)
+    server.send_signal(signal.SIGTERM)
+    assert wait_exit(server) == 0
+
+
+def test_serve_tenants_flag_refuses_a_bad_pattern(workspace: Workspace) -> None:
+    server = workspace.serve("--serve-tenants", "Acme")
+    assert server.wait(30) == 2
+    [line] = [x for x in workspace.log().splitlines() if x.strip()]
+    assert "serve_tenants" in line
+    assert "'Acme'" in line
+
+
 def test_restart_reapplies_tenant_files_as_unchanged(
     workspace: Workspace, processes: list[subprocess.Popen[bytes]]
 ) -> None:

@@ -113,6 +113,11 @@ def test_unknown_key_names_file_key_and_value(tmp_path: Path) -> None:
     ("busy_tenant_requests", "2.5", "2.5"),
     ("busy_tenant_requests", '"many"', "'many'"),
     ("busy_tenant_requests", "false", "False"),
+    ("serve_tenants", "[]", "[]"),
+    ("serve_tenants", '["Acme"]', "'Acme'"),
+    ("serve_tenants", '["a.b"]', "'a.b'"),
+    ("serve_tenants", '["[ab]*"]', "'[ab]*'"),
+    ("serve_tenants", "[1]", "[1]"),
 ])
 def test_bad_file_value_names_file_key_and_value(
     tmp_path: Path, key: str, toml_value: str, shown: str
@@ -168,3 +173,12 @@ def test_busy_tenant_requests_from_env_and_off() -> None:
                          ).busy_tenant_requests == 64
     assert load_settings(None, environ={"KYC_HOST_BUSY_TENANT_REQUESTS": "0"}
                          ).busy_tenant_requests == 0
+
+
+def test_serve_tenants_from_file_env_and_flag(tmp_path: Path) -> None:
+    assert load_settings(None, environ={}).serve_tenants == ("*",)
+    path = write_config(tmp_path, 'serve_tenants = ["acme", "big-*"]\n')
+    assert load_settings(path, environ={}).serve_tenants == ("acme", "big-*")
+    env = {"KYC_HOST_SERVE_TENANTS": " a , b?c ,"}
+    assert load_settings(path, environ=env).serve_tenants == ("a", "b?c")
+    assert load_settings(path, {"serve_tenants": "x"}, environ=env).serve_tenants == ("x",)

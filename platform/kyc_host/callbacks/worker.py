@@ -149,7 +149,7 @@ class CallbackWorker:
             now = time.time()
             try:
                 if now - last_sweep >= self.sweep:
-                    tenants = {t.id for t in self.services.registry}
+                    tenants = {t.id for t in self.services.registry.served()}
                     await self._sweep_records(tenants, now)
                     last_sweep = now
                 else:
@@ -158,7 +158,9 @@ class CallbackWorker:
                     tenants |= {t for t, due in self._next_due.items() if due <= now}
                 last_check = now
                 for tenant_id in tenants:
-                    self._kick(tenant_id)
+                    # serve_tenants: another group of processes delivers the others'.
+                    if self.services.registry.serves(tenant_id):
+                        self._kick(tenant_id)
             except StoreError as exc:
                 log.warning("callback worker: store unavailable: %s", exc)
             except Exception:  # never let one bad poll end delivery for every tenant

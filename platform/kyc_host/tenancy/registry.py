@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Iterator, Mapping
 from functools import cached_property
@@ -122,6 +123,18 @@ class TenantRegistry:
         self._by_host: dict[str, Tenant] = {}
         self._loaded = False
         self._task: asyncio.Task[None] | None = None
+        self._served = re.compile("|".join(
+            re.escape(p).replace(r"\*", "[a-z0-9-]*").replace(r"\?", "[a-z0-9-]")
+            for p in settings.serve_tenants))
+
+    def serves(self, tenant_id: str) -> bool:
+        """Whether this process serves ``tenant_id`` (setting ``serve_tenants``): answers its
+        wallets and delivers its callbacks and purges. Every process holds every tenant, so
+        the management API and the CLI reach all of them from any process."""
+        return self._served.fullmatch(tenant_id) is not None
+
+    def served(self) -> list[Tenant]:
+        return [t for t in self._by_id.values() if self.serves(t.id)]
 
     def for_host(self, host: str) -> Tenant | None:
         """Exact, case-insensitive match; one trailing dot is ignored ("a.test." = "a.test")."""

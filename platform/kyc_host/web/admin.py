@@ -24,7 +24,9 @@ class ReadyzHandler(AdminHandler):
         if self.services.draining:
             raise ServiceUnavailable("shutting down")
         await self.services.store.ping()
-        self.write_json({"status": "ready", "tenants": len(self.services.registry),
+        registry = self.services.registry
+        self.write_json({"status": "ready", "tenants": len(registry),
+                         "served": len(registry.served()),
                          "backend": self.services.store.backend_name})
 
 

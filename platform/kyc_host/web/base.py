@@ -14,7 +14,13 @@ from typing import Any
 
 from tornado.web import HTTPError, RequestHandler
 
-from kyc_host.errors import ApiError, LimitExceeded, NotFound, ServiceUnavailable
+from kyc_host.errors import (
+    ApiError,
+    LimitExceeded,
+    MisdirectedRequest,
+    NotFound,
+    ServiceUnavailable,
+)
 from kyc_host.logs import bind_request
 from kyc_host.services import Services
 from kyc_host.store import bounded
@@ -96,6 +102,12 @@ class BaseHandler(RequestHandler):
         if tenant is None:
             # No default tenant, ever: an unknown Host must not reach anyone's data.
             raise NotFound("unknown host")
+        if not self.services.registry.serves(tenant.id):
+            # serve_tenants: another group of processes serves this tenant. Its data is not
+            # secret from this process (the admin API reaches every tenant); the answer
+            # tells the operator the load balancer's routing is wrong.
+            raise MisdirectedRequest("this host is not served here (misrouted request)",
+                                     log_detail=f"tenant {tenant.id} is not in serve_tenants")
         if not tenant.active:
             raise ServiceUnavailable("this service is suspended", retry_after=3600)
         return tenant
