@@ -23,9 +23,12 @@ from callbacks.cb_helpers import (
 )
 from conftest import MakeServer
 from kyc_host.callbacks.worker import CallbackWorker
+from kyc_host.management.openapi_public import wallet_document
+from management.mgmt_helpers import OpenApiChecker
 from sep12.sep12_helpers import Wallet
 
 DOCS = (cb_doc("t1", ["a.test"]), cb_doc("t2", ["b.test"]))
+WALLET_API = OpenApiChecker(wallet_document())
 
 
 async def test_each_group_answers_its_own_tenants_and_421_for_the_others(
@@ -41,6 +44,7 @@ async def test_each_group_answers_its_own_tenants_and_421_for_the_others(
         assert misrouted.headers["Content-Type"].startswith("application/json")
         assert json.loads(misrouted.body) == {
             "error": "this host is not served here (misrouted request)"}
+        WALLET_API.check("GET", "/.well-known/stellar.toml", 421, json.loads(misrouted.body))
         # An unknown host is still "unknown", not "served elsewhere".
         unknown = await srv.fetch("nobody.test", "/.well-known/stellar.toml")
         assert unknown.code == 404

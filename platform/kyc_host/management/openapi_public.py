@@ -26,6 +26,8 @@ _ERRORS = {
     404: ("NotFound", "Unknown host, or a customer or file this token cannot reach "
                       "(identical answers on purpose)."),
     413: ("PayloadTooLarge", "Body or file over the anchor's limit."),
+    421: ("MisdirectedRequest", "This server does not serve the anchor (a load balancer "
+                                "routing error of the platform; serve_tenants)."),
     415: ("UnsupportedMediaType", "Content-Type not accepted here."),
     429: ("TooManyRequests", "A tenant limit (named in the message) is used up; rates send "
                              "Retry-After."),
@@ -52,8 +54,9 @@ def _ok(description: str, schema: dict[str, Any], media: str = _JSON) -> dict[st
 def _op(op_id: str, summary: str, responses: dict[str, Any], errors: tuple[int, ...], *,
         auth: bool = True, params: tuple[str, ...] = (),
         body: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One operation; every one may also answer 404 (unknown host) and 503 (suspended)."""
-    codes = sorted({404, 503, *errors, *((401,) if auth else ())})
+    """One operation; every one may also answer 404 (unknown host), 421 (misrouted) and
+    503 (suspended)."""
+    codes = sorted({404, 421, 503, *errors, *((401,) if auth else ())})
     op: dict[str, Any] = {
         "operationId": op_id,
         "summary": summary,
@@ -256,7 +259,8 @@ def wallet_document() -> dict[str, Any]:
             "title": "kyc-host wallet-facing API (SEP-1, SEP-10, SEP-12)",
             "version": API_VERSION,
             "description": "Served on every anchor (tenant) host, which selects the anchor; "
-                           "an unknown host gets 404 and a suspended anchor 503. Errors are "
+                           "an unknown host gets 404, a host this server does not serve 421 "
+                           "and a suspended anchor 503. Errors are "
                            "{\"error\": message}. Every route answers CORS preflights. "
                            "KYC_SERVER is <origin>/kyc and WEB_AUTH_ENDPOINT <origin>/auth.",
         },
