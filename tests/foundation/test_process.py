@@ -152,6 +152,21 @@ def write_tenant(path: Path, tenant_id: str, host: str, **extra: object) -> Path
     return path
 
 
+def apply_newcomer_and_wait(workspace: Workspace) -> Response:
+    """Apply tenant "newcomer" (new.localhost) with the CLI, as another process would; the
+    running server answers for its host within 5 s (shipped refresh interval: 1 s)."""
+    new_file = write_tenant(workspace.root / "new.toml", "newcomer", "new.localhost")
+    applied = workspace.cli("tenant", "apply", str(new_file), "--config", str(workspace.config))
+    assert applied.returncode == 0, applied.stderr
+    assert applied.stdout.strip() == "newcomer: created"
+    end = time.monotonic() + 5.0
+    while (response := get(workspace.public_port, "new.localhost", TOML)).status != 200:
+        if time.monotonic() > end:
+            pytest.fail(f"new.localhost still {response.status} 5 s after apply")
+        time.sleep(0.05)
+    return response
+
+
 # --- (a) serving the demo and picking up a tenant applied by another process ---------------
 
 
@@ -176,17 +191,7 @@ def test_serves_demo_and_picks_up_a_tenant_applied_while_running(
     assert unknown.status == 404
     assert unknown.json() == {"error": "unknown host"}
 
-    new_file = write_tenant(workspace.root / "new.toml", "newcomer", "new.localhost")
-    applied = workspace.cli("tenant", "apply", str(new_file), "--config", str(workspace.config))
-    assert applied.returncode == 0, applied.stderr
-    assert applied.stdout.strip() == "newcomer: created"
-
-    # Shipped refresh interval (1 s): the running server answers for the new host within 5 s.
-    end = time.monotonic() + 5.0
-    while (response := get(workspace.public_port, "new.localhost", TOML)).status != 200:
-        if time.monotonic() > end:
-            pytest.fail(f"new.localhost still {response.status} 5 s after apply")
-        time.sleep(0.05)
+    response = apply_newcomer_and_wait(workspace)
     assert b"http://new.localhost:" in response.body
 
     # SIGTERM with nothing in flight: a prompt, clean exit.
@@ -207,14 +212,7 @@ def test_serve_tenants_flag_serves_only_its_group(
     demo = get(workspace.public_port, "demo.localhost", TOML)
     assert demo.status == 421
     assert demo.json() == {"error": "this host is not served here (misrouted request)"}
-    new_file = write_tenant(workspace.root / "new.toml", "newcomer", "new.localhost")
-    applied = workspace.cli("tenant", "apply", str(new_file), "--config", str(workspace.config))
-    assert applied.returncode == 0, applied.stderr
-    end = time.monotonic() + 5.0
-    while (response := get(workspace.public_port, "new.localhost", TOML)).status != 200:
-        if time.monotonic() > end:
-            pytest.fail(f"new.localhost still {response.status} 5 s after apply")
-        time.sleep(0.05)
+    apply_newcomer_and_wait(workspace)
     ready = get(workspace.admin_port, "localhost", "/readyz").json()
     assert (ready["tenants"], ready["served"]) == (2, 1)
     server.send_signal(signal.SIGTERM)
