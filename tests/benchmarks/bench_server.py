@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -289,6 +289,21 @@ class Deployment:
         return config
 
 
+def child_limits(niceness: int = 0,
+                 cpus: frozenset[int] | None = None) -> Callable[[], None] | None:
+    """A ``preexec_fn`` giving a child process (and every thread and process it starts) a
+    CPU niceness and a set of CPUs, or None when neither is asked for."""
+    if not niceness and cpus is None:
+        return None
+
+    def limit() -> None:
+        if niceness:
+            os.nice(niceness)
+        if cpus is not None:
+            os.sched_setaffinity(0, cpus)
+    return limit
+
+
 @dataclass
 class ServerProcess:
     """``kyc-host serve --workers N`` on free loopback ports, in a :class:`Deployment`."""
@@ -302,6 +317,8 @@ class ServerProcess:
     log_path: Path | None = None
     startup_seconds: float = 0.0
     first_ready_seconds: float = 0.0
+    #: Run the server (and every thread and process it starts) on these CPUs only.
+    cpus: frozenset[int] | None = None
 
     def start(self, timeout: float = 1800.0) -> float:
         """Start and wait until ready; returns the start-up time in seconds."""
@@ -312,7 +329,8 @@ class ServerProcess:
             self.process = subprocess.Popen(
                 [sys.executable, *server_entry(), "serve", "--config", str(config),
                  "--workers", str(self.workers)],
-                cwd=self.deployment.workdir, stdout=log, stderr=subprocess.STDOUT)
+                cwd=self.deployment.workdir, stdout=log, stderr=subprocess.STDOUT,
+                preexec_fn=child_limits(cpus=self.cpus))
         expect_lines = self.deployment.log_level in ("info", "debug")
         deadline = started + timeout
         ready = False

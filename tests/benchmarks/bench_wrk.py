@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench_server import child_limits
+
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "wrk_rotate.lua"
 
@@ -107,9 +109,11 @@ def _write_spec(requests: RequestSet, directory: Path) -> Path:
 
 
 def run_wrk(port: int, requests: RequestSet, *, seconds: float, connections: int,
-            threads: int = 2, timeout: float = 10.0, niceness: int = 0) -> WrkResult:
+            threads: int = 2, timeout: float = 10.0, niceness: int = 0,
+            cpus: frozenset[int] | None = None) -> WrkResult:
     """Run wrk against 127.0.0.1:port for ``seconds``; raises if wrk fails. ``niceness``
-    lowers wrk's CPU priority (a load generator sharing the server's cores)."""
+    lowers wrk's CPU priority (a load generator sharing the server's cores); ``cpus`` keeps
+    it on those CPUs."""
     binary = wrk_binary()
     threads = max(1, min(threads, connections))
     with tempfile.TemporaryDirectory(prefix="kyc-wrk-") as tmp:
@@ -121,7 +125,7 @@ def run_wrk(port: int, requests: RequestSet, *, seconds: float, connections: int
                  "-d", f"{max(1, round(seconds))}s", "--timeout", f"{timeout:g}s",
                  "-s", str(SCRIPT), f"http://127.0.0.1:{port}/", "--", str(spec)],
                 stdout=fh, stderr=subprocess.STDOUT,
-                preexec_fn=(lambda: os.nice(niceness)) if niceness else None)
+                preexec_fn=child_limits(niceness, cpus))
             _, status, usage = os.wait4(process.pid, 0)
             process.returncode = os.waitstatus_to_exitcode(status)
         text = out.read_text(errors="replace")

@@ -93,6 +93,7 @@ from bench_server import (  # noqa: E402
     Deployment,
     HorizonStub,
     ServerProcess,
+    child_limits,
     children,
     cpu_seconds,
     machine_busy_seconds,
@@ -129,6 +130,15 @@ class Hooks(CustomerHooks):
         time.sleep(600)
         return result
 '''
+
+
+def cpus_of(opts: argparse.Namespace, side: str) -> frozenset[int] | None:
+    """``--pin``: the CPU of tenant A's side (its server and load generators) or of B's (its
+    server and this script, which measures B); None without ``--pin``."""
+    if not opts.pin:
+        return None
+    first, second = opts.pin_cpus
+    return frozenset({first if side == "A" else second})
 
 
 def say(text: str) -> None:
@@ -230,6 +240,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help="A and B in separate groups of processes (setting "
                              "serve_tenants) on one store, each tenant's requests sent to its "
                              "group as a load balancer routing by Host would")
+    parser.add_argument("--pin", action="store_true",
+                        help="with --tenant-groups or --noise-elsewhere: A's server and load "
+                             "generators on CPU 0, B's server and this script on CPU 1, as "
+                             "separate hosts or containers with their own CPUs would be "
+                             "(needs 2 CPUs)")
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep the working directory")
     parser.add_argument("--smoke", action="store_true",
@@ -245,6 +260,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--noise-elsewhere runs with --backend sqlite only")
     if opts.noise_elsewhere and opts.tenant_groups:
         parser.error("--noise-elsewhere and --tenant-groups are two different set-ups")
+    if opts.pin and not (opts.noise_elsewhere or opts.tenant_groups):
+        parser.error("--pin needs --tenant-groups or --noise-elsewhere (two server processes)")
+    opts.pin_cpus = sorted(os.sched_getaffinity(0))[:2]  # before this script pins itself
+    if opts.pin and len(opts.pin_cpus) < 2:
+        parser.error("--pin needs 2 CPUs")
     if not 1024 <= opts.upload_bytes <= UPLOAD_BYTES:
         parser.error(f"--upload-bytes must be from 1024 to {UPLOAD_BYTES} (A's file limit)")
     return opts
@@ -663,10 +683,10 @@ class NoiseWorker:
     @classmethod
     async def start(cls, port: int, opts: argparse.Namespace,
                     upload_tokens: list[str]) -> NoiseWorker:
-        nice = ["nice", "-n", str(opts.niceness)] if opts.niceness else []
         process = await asyncio.create_subprocess_exec(
-            *nice, sys.executable, __file__, "--noise-worker", stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE)
+            sys.executable, __file__, "--noise-worker", stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            preexec_fn=child_limits(opts.niceness, cpus_of(opts, "A")))
         assert process.stdin is not None
         assert process.stdout is not None
         spec = {"port": port, "hang_fetches": opts.hang_fetches,
@@ -719,7 +739,8 @@ async def noisy_round(server: ServerProcess, noise: Noise, b_tokens: list[str],
         floods["get"] = asyncio.to_thread(run_wrk, noise.port, get_flood,
                                           seconds=flood_seconds,
                                           connections=opts.flood_connections, timeout=10.0,
-                                          niceness=opts.niceness)
+                                          niceness=opts.niceness,
+                                          cpus=cpus_of(opts, "A"))
     if opts.put_flood_connections:
         prefix = b'{"first_name": "Ada", "email_address": "ada@example.com", "last_name": "N'
         put_flood = RequestSet("PUT", "/kyc/customer", auth, content_type="application/json",
@@ -728,7 +749,8 @@ async def noisy_round(server: ServerProcess, noise: Noise, b_tokens: list[str],
         floods["put"] = asyncio.to_thread(run_wrk, noise.port, put_flood,
                                           seconds=flood_seconds,
                                           connections=opts.put_flood_connections, timeout=10.0,
-                                          niceness=opts.niceness)
+                                          niceness=opts.niceness,
+                                          cpus=cpus_of(opts, "A"))
     running = {name: asyncio.ensure_future(f) for name, f in floods.items()}
     paced = asyncio.ensure_future(paced_puts(noise.port, a_tokens, opts.put_rate,
                                              flood_seconds, 1000 * (1 + len(phase.rounds))))
@@ -880,7 +902,8 @@ def deployment(opts: argparse.Namespace, workdir: Path, horizon: HorizonStub,
             tenant_file("noisy", A_HOST, horizon.url, noisy_extra(opts.plugin)))
         (deploy.tenants_dir / "victim.toml").write_text(
             tenant_file("victim", B_HOST, horizon.url, VICTIM_EXTRA))
-        server = ServerProcess(deploy, workers=1)
+        server = ServerProcess(deploy, workers=1,
+                               cpus=cpus_of(opts, "B" if name == "server" else "A"))
         server.start(timeout=120)
         try:
             yield server
@@ -924,7 +947,8 @@ def print_table(report: dict[str, Any]) -> None:
         f"generators at nice {report['generator_niceness']}, upload retry "
         f"{report['upload_retry']}{expect}"
         f"{'; CONTROL: A on another server process' if report['noise_elsewhere'] else ''}"
-        f"{'; TENANT GROUPS: A, B own processes, one store' if report['tenant_groups'] else ''}; "
+        f"{'; TENANT GROUPS: A, B own processes, one store' if report['tenant_groups'] else ''}"
+        f"{'; PINNED: A on CPU 0, B on CPU 1' if report.get('pinned') else ''}; "
         f"load 1/5/15 min before {report['load_before']} after "
         f"{report['load_after']}")
     say(f"{'B GET /kyc/customer':<22}{'requests':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
@@ -974,6 +998,9 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(noise_worker())
         return 0
     opts = parse(argv)
+    b_cpus = cpus_of(opts, "B")
+    if b_cpus is not None:
+        os.sched_setaffinity(0, b_cpus)  # this script measures B (and paces A's few PUTs)
     command = shlex.join([sys.executable, *sys.argv] if argv is None
                          else [sys.executable, __file__, *argv])
     load_before = loads()
@@ -1014,6 +1041,7 @@ def main(argv: list[str] | None = None) -> int:
               "put_rate_per_s": opts.put_rate, "hang_fetches": opts.hang_fetches,
               "uploads": opts.uploads, "upload_bytes": opts.upload_bytes,
               "noise_elsewhere": opts.noise_elsewhere, "tenant_groups": opts.tenant_groups,
+              "pinned": opts.pin,
               "load_before": load_before, "load_after": loads(),
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                           "platform": platform.platform()},
