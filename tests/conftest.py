@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import re
 import socket
 import subprocess
@@ -53,6 +54,29 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+#: Test FerretDB servers listen on a port of this range, below the kernel's ephemeral range
+#: (from which every server under test, receiver and client socket gets its port), so a
+#: socket whose peer has such a port is a MongoDB client's: setup.cfg's warning filter
+#: recognises pymongo's sockets that way.
+FERRETDB_PORTS = range(27017, 28000)
+
+
+def ferretdb_port() -> int:
+    """A free port of :data:`FERRETDB_PORTS`."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    if low <= FERRETDB_PORTS[-1]:
+        raise RuntimeError(f"the kernel's ephemeral ports start at {low}, inside "
+                           f"{FERRETDB_PORTS.start}-{FERRETDB_PORTS[-1]} (FerretDB's in tests)")
+    for port in random.sample(FERRETDB_PORTS, len(FERRETDB_PORTS)):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {FERRETDB_PORTS.start}-{FERRETDB_PORTS[-1]}")
 
 
 @dataclass
@@ -107,7 +131,7 @@ def build_ferretdb() -> None:
 @pytest.fixture(scope="session")
 def ferretdb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FerretDB]:
     build_ferretdb()
-    server = FerretDB(free_port(), tmp_path_factory.mktemp("ferretdb"))
+    server = FerretDB(ferretdb_port(), tmp_path_factory.mktemp("ferretdb"))
     server.start()
     yield server
     server.stop()

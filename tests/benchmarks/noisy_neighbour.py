@@ -47,6 +47,12 @@ Sources 3 and 4 come from their own client addresses (``X-Forwarded-For`` throug
 other limits are set so that sources 3 and 4 do their full work instead of being cut
 short by 429s (the tenant file below states them).
 
+``--tenant-groups`` runs A and B in separate groups of processes on one store (setting
+``serve_tenants``), with A's noise sent to A's group; ``--noise-elsewhere`` (a control) sends
+it to a second deployment with its own store. With either, ``--pin`` puts A's server and
+load generators on one CPU and B's server and this script on another, as separate hosts or
+containers would be.
+
 Prints a table: B's quiet and noisy p50/p95/p99, the p95 ratio (target: within 20 %, i.e.
 <= 1.2) pooled and per round, B's errors and error rate (target < 0.1 %), and A's outcome
 counts per noise source, with the load average (1/5/15 min) before and after, the CPU
@@ -1025,8 +1031,11 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"benchmark failed: {exc}\n{server.log_tail()}")
                 return 1
             figures["server_errors_logged"] = len(server.errors_logged())
+            figures["server_cpus"] = sorted(os.sched_getaffinity(server.supervisor))
             if noise_server is not None:
                 figures["noise_server_errors_logged"] = len(noise_server.errors_logged())
+                figures["noise_server_cpus"] = sorted(
+                    os.sched_getaffinity(noise_server.supervisor))
     finally:
         site.sock.close()
         horizon.stop()

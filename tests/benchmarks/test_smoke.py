@@ -8,6 +8,7 @@ The SEP-10 and SEP-12 scenarios join the run as soon as their modules exist in t
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -115,23 +116,30 @@ def test_noisy_neighbour_smoke_run_reports_both_p95s(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("flag", "banner"), [("--noise-elsewhere", "CONTROL"),
-                                              ("--tenant-groups", "TENANT GROUPS")])
+@pytest.mark.parametrize(("flags", "banner"), [(["--noise-elsewhere"], "CONTROL"),
+                                               (["--tenant-groups"], "TENANT GROUPS"),
+                                               (["--tenant-groups", "--pin"], "PINNED")])
 def test_noisy_neighbour_can_send_the_noise_to_another_process(
-        tmp_path: Path, flag: str, banner: str) -> None:
+        tmp_path: Path, flags: list[str], banner: str) -> None:
     """``--noise-elsewhere`` (a second server with its own store) and ``--tenant-groups``
     (A's group and B's group of one deployment, serve_tenants): A's noise reaches the
-    other server, never B's."""
+    other server, never B's. With ``--pin`` each server runs on a CPU of its own."""
     out = tmp_path / "noisy.json"
     result = subprocess.run(
-        [sys.executable, str(HERE / "noisy_neighbour.py"), "--smoke", flag,
+        [sys.executable, str(HERE / "noisy_neighbour.py"), "--smoke", *flags,
          "--json", str(out)],
         capture_output=True, text=True, timeout=110, check=False, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(out.read_text())
-    assert report["noise_elsewhere"] is (flag == "--noise-elsewhere")
-    assert report["tenant_groups"] is (flag == "--tenant-groups")
+    assert report["noise_elsewhere"] is ("--noise-elsewhere" in flags)
+    assert report["tenant_groups"] is ("--tenant-groups" in flags)
     assert banner in result.stdout
+    cpus = sorted(os.sched_getaffinity(0))
+    if "--pin" in flags:
+        assert report["noise_server_cpus"] == cpus[:1]
+        assert report["server_cpus"] == cpus[1:2]
+    else:
+        assert report["server_cpus"] == report["noise_server_cpus"] == cpus
     flood = report["noisy"]["rounds"][0]["get_flood"]
     assert flood["requests"] == flood["non_2xx"] > 0  # A's hook failed, on the other server
     # B's server logged none of A's failures (a run without the flag logs every one); the

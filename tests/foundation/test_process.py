@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from conftest import ROOT, FerretDB, free_port, make_tenant_doc
+from conftest import ROOT, FerretDB, ferretdb_port, free_port, make_tenant_doc
 from kyc_host.crypto.master import write_new_key_file
 
 TOML = "/.well-known/stellar.toml"
@@ -246,7 +246,7 @@ def test_restart_reapplies_tenant_files_as_unchanged(
 def frozen_store_workspace(ferretdb: FerretDB, tmp_path: Path) -> Iterator[tuple[Workspace,
                                                                              FerretDB]]:
     """A workspace on a private FerretDB (``ferretdb`` is requested so the binary is built)."""
-    private = FerretDB(free_port(), tmp_path / "ferretdb")
+    private = FerretDB(ferretdb_port(), tmp_path / "ferretdb")
     private.state_dir.mkdir()
     private.start()
     (tmp_path / "tenants").mkdir()

@@ -31,7 +31,7 @@ from conftest import (
     MakeServer,
     RunningServer,
     api_document,
-    free_port,
+    ferretdb_port,
     make_tenant_doc,
 )
 
@@ -43,7 +43,7 @@ TOML = "/.well-known/stellar.toml"
 @pytest.fixture
 def private_ferretdb(ferretdb: FerretDB, tmp_path: Path) -> Iterator[FerretDB]:
     """A FerretDB of this test alone (``ferretdb`` is requested so the binary is built)."""
-    server = FerretDB(free_port(), tmp_path / "ferretdb")
+    server = FerretDB(ferretdb_port(), tmp_path / "ferretdb")
     server.state_dir.mkdir()
     server.start()
     yield server
