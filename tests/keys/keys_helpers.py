@@ -47,9 +47,16 @@ async def snapshot(srv: RunningServer) -> Snapshot:
             tables = [r[0] for r in conn.execute(
                 "SELECT name FROM sqlite_master WHERE type='table' AND name LIKE 'c_%'")]
             for table in tables:
-                for tenant, doc_id, doc in conn.execute(
-                        f"SELECT tenant, id, doc FROM {table}"):  # noqa: S608 - own tables
-                    out.setdefault((tenant, table[2:]), {})[doc_id] = _decode(doc)
+                # A large collection's rows keep their bytes in a column of their own.
+                has_data = any(col[1] == "data" for col in conn.execute(
+                    f"PRAGMA table_info({table})"))
+                data = "data" if has_data else "NULL"
+                for tenant, doc_id, doc, blob in conn.execute(
+                        f"SELECT tenant, id, doc, {data} FROM {table}"):  # noqa: S608 - own tables
+                    record = _decode(doc)
+                    if blob is not None:
+                        record["data"] = blob
+                    out.setdefault((tenant, table[2:]), {})[doc_id] = record
         finally:
             conn.close()
         return out

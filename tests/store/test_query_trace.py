@@ -230,9 +230,12 @@ async def run_flows(srv: RunningServer) -> None:
 _LITERAL = re.compile(r"'(?:[^']|'')*'")
 _TABLE = re.compile(r"\bc_([a-z_]+)\b")
 _TENANT_BOUND = re.compile(
-    r"(?:SELECT .+? FROM|DELETE FROM|UPDATE) c_[a-z_]+ (?:SET doc = \? )?WHERE tenant = \?"
+    r"(?:SELECT .+? FROM|DELETE FROM|UPDATE) c_[a-z_]+ (?:SET doc = \?(?:, data = (?:x\?|NULL))? )?"
+    r"WHERE tenant = \?"
     r"(?P<rest> AND .*)?", re.DOTALL)
-_INSERT = re.compile(r"INSERT INTO c_[a-z_]+ \(tenant, id, doc\) VALUES \(\?, \?, \?\)")
+# (A large collection's rows also carry their bytes, a blob shown as x'...'.)
+_INSERT = re.compile(r"INSERT INTO c_[a-z_]+ \(tenant, id, doc(?:, data)?\)"
+                     r" VALUES \(\?, \?, \?(?:, (?:x\?|NULL))?\)")
 _PATH = re.compile(r"json_(?:extract|type)\(doc, \?")
 _FIELD_PATH = re.compile(r"\$\.[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
 

@@ -9,10 +9,14 @@ except in large collections, whose chunks are sealed with a key deleted before t
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import sqlite3
 import threading
 from pathlib import Path
+
+import pytest
 
 from kyc_host.store.schema import COLLECTIONS
 from kyc_host.store.sqlite import SqliteStore
@@ -106,3 +110,78 @@ async def test_deleted_records_are_zeroed_and_chunk_deletes_leave_that_on(
     data = file_bytes(db)
     assert record[:40].encode() not in data
     assert after_chunks[:40].encode() not in data
+
+
+def raw_rows(db: Path) -> list[tuple[str, str, str, str | None, int | None]]:
+    """(tenant, id, doc, typeof(data), length(data)) of every file chunk row, as stored."""
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT tenant, id, doc, typeof(data), length(data) FROM c_blobs"
+                            " ORDER BY tenant, id").fetchall()
+
+
+async def test_chunk_bytes_are_stored_as_a_blob_beside_their_document(tmp_path: Path) -> None:
+    db = tmp_path / "kyc.db"
+    store = SqliteStore(f"sqlite:///{db}")
+    await store.start()
+    chunk, other = os.urandom(CHUNK + 28), os.urandom(1000)
+    try:
+        t1, t2 = store.tenant("t1", "blobs"), store.tenant("t2", "blobs")
+        await t1.insert_one({"_id": "f.0", "data": chunk, "n": 0})
+        await t2.insert_one({"_id": "f.0", "data": other, "n": 0})
+        assert await t1.find_one({"_id": "f.0"}) == {"_id": "f.0", "data": chunk, "n": 0}
+        assert await t2.find_one({"_id": "f.0"}) == {"_id": "f.0", "data": other, "n": 0}
+        assert await t1.find({}, fields=["n"]) == [{"_id": "f.0", "n": 0}]
+        assert await t2.find({}, fields=["data"]) == [{"_id": "f.0", "data": other}]
+        # The bytes are not part of the JSON, so they cannot be queried by it.
+        with pytest.raises(ValueError, match="data"):
+            await t1.find_one({"data": chunk})
+        changed = await t1.find_one_and_update({"_id": "f.0"}, set={"n": 1})
+        assert changed == {"_id": "f.0", "data": chunk, "n": 1}
+        assert await t1.find_one({"_id": "f.0"}) == changed
+        await t2.replace_one({"_id": "f.0"}, {"data": "text, not bytes"})
+        assert await t2.find_one({"_id": "f.0"}) == {"_id": "f.0", "data": "text, not bytes"}
+    finally:
+        await store.close()
+    rows = raw_rows(db)
+    assert [(r[0], r[1], r[3], r[4]) for r in rows] == [
+        ("t1", "f.0", "blob", len(chunk)), ("t2", "f.0", "null", None)]
+    assert json.loads(rows[0][2]) == {"_id": "f.0", "n": 1}  # no base64 copy in the JSON
+    assert json.loads(rows[1][2]) == {"_id": "f.0", "data": "text, not bytes"}
+
+
+async def test_a_database_from_before_the_blob_column_is_upgraded_and_reads_the_same(
+        tmp_path: Path) -> None:
+    """Databases written before the column keep their chunks as base64 inside the JSON:
+    start adds the column, those rows read as before, and new and changed rows use it."""
+    db = tmp_path / "kyc.db"
+    old_chunk = os.urandom(5000)
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE c_blobs (tenant TEXT NOT NULL, id TEXT NOT NULL,"
+                     " doc TEXT NOT NULL, PRIMARY KEY (tenant, id)) WITHOUT ROWID")
+        for chunk_id in ("old.0", "old.1"):
+            doc = {"_id": chunk_id, "data": {"$bytes": base64.b64encode(old_chunk).decode()}}
+            conn.execute("INSERT INTO c_blobs VALUES ('t1', ?, ?)", (chunk_id, json.dumps(doc)))
+    store = SqliteStore(f"sqlite:///{db}")
+    await store.start()
+    new_chunk = os.urandom(CHUNK)
+    try:
+        blobs = store.tenant("t1", "blobs")
+        assert await blobs.find_one({"_id": "old.0"}) == {"_id": "old.0", "data": old_chunk}
+        assert await store.tenant("t2", "blobs").find_one({"_id": "old.0"}) is None
+        await blobs.insert_one({"_id": "new.0", "data": new_chunk})
+        await blobs.update_one({"_id": "old.1"}, set={"seen": True})
+        assert [d["data"] for d in await blobs.find({}, sort=[("_id", 1)])] == [
+            new_chunk, old_chunk, old_chunk]
+        assert await blobs.find_one({"_id": "old.1"}) == {"_id": "old.1", "data": old_chunk,
+                                                          "seen": True}
+    finally:
+        await store.close()
+    kinds = {r[1]: r[3] for r in raw_rows(db)}
+    assert kinds == {"new.0": "blob", "old.0": "null", "old.1": "blob"}
+    # Started again: the column is there already, nothing changes.
+    store = SqliteStore(f"sqlite:///{db}")
+    await store.start()
+    try:
+        assert await store.tenant("t1", "blobs").count({}) == 3
+    finally:
+        await store.close()
