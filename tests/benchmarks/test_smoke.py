@@ -250,3 +250,21 @@ def test_load_mix_soak_smoke_samples_resources_and_counts_callbacks(tmp_path: Pa
     assert {row["figure"] for row in figures["verdicts"]} == {
         "RSS growth after warm-up", "fd growth (clients' connections aside)",
         "store connection growth", "callback lag p99 (s)", "lost callbacks"}
+
+
+def test_sqlite_chunks_reports_both_layouts(tmp_path: Path) -> None:
+    out = tmp_path / "chunks.json"
+    result = subprocess.run(
+        [sys.executable, str(HERE / "sqlite_chunks.py"), "--chunks", "3", "--json", str(out)],
+        capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(out.read_text())
+    assert [r["layout"].split(" (")[0] for r in report["results"]] == [
+        "blob column", "base64 in JSON"]
+    for layout in report["results"]:
+        positive(layout["write"], "wall_ms")
+        positive(layout["read"], "wall_ms")
+        positive(layout, "db_bytes_per_chunk")
+    blob, text = report["results"]
+    # The layouts differ as designed: base64 text takes a third more room than the bytes.
+    assert blob["db_bytes_per_chunk"] < text["db_bytes_per_chunk"]
