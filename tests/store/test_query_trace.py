@@ -329,8 +329,8 @@ async def test_sqlite_every_tenant_statement_is_tenant_bound(
         # Not vacuous: each flow was seen on the tables it must have used ...
         assert {"challenges", "customers", "identities", "files", "blobs"} <= \
             findings["tables"][tenant_id], findings["tables"]
-        # ... including on the bulk lane (the file chunk) and inline.
-        assert (tenant_id, "sqlite-bulk") in findings["threads"], findings["threads"]
+        # ... including on the writer thread (the file chunk) and inline.
+        assert (tenant_id, "sqlite-write") in findings["threads"], findings["threads"]
         assert (tenant_id, "MainThread") in findings["threads"], findings["threads"]
         assert findings["per"][(tenant_id, tenant_id)] > 20
     # The other-tenant case: no request of one tenant touched the other's rows.

@@ -9,7 +9,6 @@ except in large collections, whose chunks are sealed with a key deleted before t
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import os
@@ -85,8 +84,6 @@ async def test_large_documents_never_touch_the_event_loop_and_small_ones_do(
         await store.close()
     assert threads.of("c_blobs"), "no statement on the blobs table was seen"
     assert loop_thread not in threads.of("c_blobs"), threads.of("c_blobs")
-    # Chunks are written on a lane of their own, not queued before small writes.
-    assert not any(t.startswith("sqlite-write") for t in threads.of("c_blobs")), threads.seen
     # The point of the rule: other collections' small documents are worked on inline.
     assert loop_thread in threads.of("c_files"), threads.of("c_files")
 
@@ -105,9 +102,9 @@ async def test_deleted_records_are_zeroed_and_chunk_deletes_leave_that_on(
         assert await customers.delete_one({"_id": "c1"}) == 1
         assert await blobs.delete_many({"_id": "f.0"}) == 1  # FAST for this one delete
         assert await customers.delete_one({"_id": "c2"}) == 1  # zeroed again
-        # The bulk lane's connection (it deleted the chunk) is back to zeroing too.
+        # The writer thread's connection (it deleted the chunk) is back to zeroing too.
         assert await store.write(lambda conn: conn.execute("PRAGMA secure_delete").fetchone(),
-                                 bulk=True) == (1,)
+                                 inline=False) == (1,)
     finally:
         await store.close()
     data = file_bytes(db)
@@ -186,32 +183,5 @@ async def test_a_database_from_before_the_blob_column_is_upgraded_and_reads_the_
     await store.start()
     try:
         assert await store.tenant("t1", "blobs").count({}) == 3
-    finally:
-        await store.close()
-
-
-async def test_a_small_write_waits_for_one_chunk_not_for_every_chunk_queued_before_it(
-        tmp_path: Path) -> None:
-    """File chunks are written on a lane of their own: a small write handed to the writer
-    thread after 30 queued chunks runs as soon as the chunk being written commits."""
-    store = SqliteStore(f"sqlite:///{tmp_path / 'kyc.db'}")
-    await store.start()
-    try:
-        blobs = store.tenant("t1", "blobs")
-        chunks = [asyncio.ensure_future(blobs.insert_one({"_id": f"f.{n}",
-                                                           "data": os.urandom(CHUNK)}))
-                  for n in range(30)]
-        await asyncio.sleep(0)  # the first chunks are on their way
-
-        def small(conn: sqlite3.Connection) -> int:
-            conn.execute("INSERT INTO c_customers (tenant, id, doc)"
-                         """ VALUES ('t2', 'c', '{"_id": "c"}')""")
-            return int(conn.execute("SELECT COUNT(*) FROM c_blobs").fetchone()[0])
-
-        committed_before = await store.write(small, inline=False)
-        assert committed_before < 10, f"the small write waited for {committed_before} chunks"
-        await asyncio.gather(*chunks)
-        assert await blobs.count({}) == 30
-        assert await store.tenant("t2", "customers").find_one({"_id": "c"}) == {"_id": "c"}
     finally:
         await store.close()

@@ -20,17 +20,11 @@ Threads and the event loop:
     inside a transaction);
   - a progress handler interrupts inline work past ``INLINE_BUDGET_SECONDS`` (a scan, a big
     delete), and a document over ``INLINE_MAX_DOC_CHARS`` (a file chunk) is not written inline;
+  - the inline connection never checkpoints the WAL itself (a checkpoint fsyncs); every
+    ``CHECKPOINT_EVERY`` inline commits a passive checkpoint runs on the writer thread.
   Whatever did not finish inline is rolled back and done again on the reader or writer
   thread, which wait and report errors as before: same results, same exclusivity.
-- A collection of large documents (``CollectionSpec.large``: file chunks) never goes inline:
-  its writes run on a thread of their own, the bulk lane, with the same locks, so a small
-  write queued on the writer thread waits for at most one chunk's transaction, not for every
-  chunk queued before it (PUT JSON p95 246 ms at 200 req/s of the L1 mix with 3 MB uploads
-  sharing one writer thread, BENCHMARKS.md).
-- No commit checkpoints the WAL (a checkpoint copies pages and fsyncs, and in a commit it
-  would do so with every tenant's write lock held): passive checkpoints run on the bulk lane
-  after every ``BULK_CHECKPOINT_EVERY`` chunk commits and every ``CHECKPOINT_EVERY`` small
-  ones, outside any transaction.
+  A collection of large documents (``CollectionSpec.large``: file chunks) never goes inline.
 
 A large collection's documents keep their ``data`` bytes (a sealed file chunk) in a BLOB
 column of their own, beside the rest of the document as JSON: as base64 text inside the JSON
@@ -86,11 +80,8 @@ INLINE_MAX_DOC_CHARS = 64 * 1024
 #: Work that waited longer than this for its thread is refused (StoreUnavailable) unrun, like
 #: a MongoDB operation past the client's timeoutMS (4 s; reliability-plan: 503 within 5 s).
 QUEUE_TIMEOUT_SECONDS = bounded.QUEUE_TIMEOUT_SECONDS
-#: Small commits (inline or on the writer thread) between two passive WAL checkpoints.
+#: Inline commits between two passive WAL checkpoints on the writer thread.
 CHECKPOINT_EVERY = 500
-#: Bulk commits (file chunks of 1 MiB) between two checkpoints: about the 4 MB of WAL after
-#: which SQLite's own autocheckpoint would have run.
-BULK_CHECKPOINT_EVERY = 4
 #: The field a large collection's documents keep in their BLOB column when it holds bytes.
 BLOB_FIELD = "data"
 _OPS = {"lt": "<", "lte": "<=", "gt": ">", "gte": ">=", "ne": "IS NOT"}
@@ -249,10 +240,6 @@ class SqliteStore(Store):
         self._trace = trace
         self.path = Path(url.removeprefix("sqlite:///"))
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-write")
-        #: Large collections' writes (file chunks) and WAL checkpoints: a lane of their own,
-        #: so that a small write waits for at most one chunk's transaction (a few ms), never
-        #: for a queue of them or for a checkpoint's copying and fsync.
-        self._bulk = ThreadPoolExecutor(1, thread_name_prefix="sqlite-bulk")
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="sqlite-read")
         self._local = threading.local()
         self._inline: sqlite3.Connection | None = None
@@ -262,8 +249,7 @@ class SqliteStore(Store):
         self._txn_lock = threading.Lock()
         self._deadline = 0.0  # inline work is interrupted past this perf_counter() value
         self._writing_inline = False
-        self._commits = 0  # small commits (inline and writer thread) since the start
-        self._bulk_commits = 0
+        self._inline_commits = 0
         self._closed = False
 
     # -- connection handling (each executor thread has its own connection) --
@@ -287,15 +273,12 @@ class SqliteStore(Store):
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._local.conn = self._connect(timeout=4.0)
-            # A commit never checkpoints (that would copy and fsync with the write lock of
-            # every tenant held): checkpoints run on the bulk lane, see _committed.
-            conn.execute("PRAGMA wal_autocheckpoint=0")
         return conn
 
     def _inline_conn(self) -> sqlite3.Connection:
         if self._inline is None:
             conn = self._connect(timeout=0)
-            conn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run on the bulk lane
+            conn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run on the writer thread
             # Every 100 VM instructions: past the deadline, SQLite interrupts the statement.
             conn.set_progress_handler(lambda: time.perf_counter() > self._deadline, 100)
             self._inline = conn
@@ -363,14 +346,10 @@ class SqliteStore(Store):
             raise
         finally:
             self._writing_inline = False
-        self._committed()
+        self._inline_commits += 1
+        if self._inline_commits % CHECKPOINT_EVERY == 0:
+            self._writer.submit(self._checkpoint)
         return (result,)
-
-    def _committed(self) -> None:
-        """Counts a small commit; every CHECKPOINT_EVERY of them a checkpoint is queued."""
-        self._commits += 1
-        if self._commits % CHECKPOINT_EVERY == 0 and not self._closed:
-            self._bulk.submit(self._checkpoint)
 
     def _rollback(self, conn: sqlite3.Connection) -> None:
         self._deadline = float("inf")  # the progress handler must not interrupt the ROLLBACK
@@ -385,9 +364,8 @@ class SqliteStore(Store):
             self._inline = None
 
     def _checkpoint(self) -> None:
-        """Runs on the bulk lane, outside any transaction: copy the WAL into the database as
-        far as readers allow (PASSIVE never waits for them, nor blocks writers), as
-        SQLite's autocheckpoint would have."""
+        """Runs on the writer thread: copy the WAL into the database as far as readers allow
+        (PASSIVE never waits), as SQLite's autocheckpoint would have."""
         with contextlib.suppress(sqlite3.Error):
             self._conn().execute("PRAGMA wal_checkpoint(PASSIVE)")
 
@@ -416,15 +394,14 @@ class SqliteStore(Store):
         return asyncio.ensure_future(self._run(self._reader, fn))
 
     def write(self, fn: Callable[[sqlite3.Connection], T], *,
-              inline: bool = True, bulk: bool = False) -> asyncio.Future[T]:
+              inline: bool = True) -> asyncio.Future[T]:
         """Run ``fn`` in one write transaction: inline if that can be done without waiting
         (see the module docstring), else on the writer thread. ``fn`` may run twice (the
         inline attempt was rolled back), so it must only work through ``conn``.
-        ``inline=False``: on the writer thread only (work known to be long). ``bulk``: on
-        the bulk lane (a large collection's documents), where checkpoints run too."""
+        ``inline=False``: on the writer thread only (work known to be long)."""
         loop = asyncio.get_running_loop()
         try:
-            done = self._write_inline(fn) if inline and not bulk else None
+            done = self._write_inline(fn) if inline else None
         except DuplicateKeyError as exc:
             failed: asyncio.Future[T] = loop.create_future()
             failed.set_exception(exc)
@@ -444,17 +421,9 @@ class SqliteStore(Store):
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                     raise
-            if not bulk:
-                self._committed()
-            else:
-                self._bulk_commits += 1
-                if self._bulk_commits % BULK_CHECKPOINT_EVERY == 0:
-                    # A few MiB appended to the WAL: copied into the database now, on this
-                    # lane, with the write lock already released.
-                    self._checkpoint()
-            return result
+                return result
 
-        return asyncio.ensure_future(self._run(self._bulk if bulk else self._writer, in_txn))
+        return asyncio.ensure_future(self._run(self._writer, in_txn))
 
     def _lock_file(self) -> int:
         if self._lock_fd is None:
@@ -526,7 +495,7 @@ class SqliteStore(Store):
                 conn.close()
                 self._local.conn = None
 
-        for pool in (self._writer, self._bulk, self._reader):
+        for pool in (self._writer, self._reader):
             await asyncio.get_running_loop().run_in_executor(pool, close_conn)
             pool.shutdown(wait=True)
         if self._inline is not None:
@@ -574,7 +543,7 @@ class SqliteCollection(Collection):
         self._read = store.read if spec.large else store.read_any
 
     def _write(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
-        return self._store.write(fn, inline=not self._large, bulk=self._large)
+        return self._store.write(fn, inline=not self._large)
 
     def _select(self, flt: Filter, what: str = "doc") -> tuple[str, list[Any]]:
         if self._large and BLOB_FIELD in flt:
