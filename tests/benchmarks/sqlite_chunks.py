@@ -1,5 +1,6 @@
-"""What one file chunk costs the SQLite backend: as a BLOB column (how chunks are stored now)
-against base64 text inside the document's JSON (how they were stored before, still read).
+"""What one file chunk costs the SQLite backend: as a BLOB column of a rowid table (how chunks
+are stored now), of a WITHOUT ROWID table, and as base64 text inside the document's JSON (how
+they were stored before, still read).
 
     python tests/benchmarks/sqlite_chunks.py                 # 200 chunks of 1 MiB
     python tests/benchmarks/sqlite_chunks.py --chunks 50 --json chunks.json
@@ -38,6 +39,13 @@ LAYOUTS = {
     "blob column (rowid table, now)": (
         "CREATE TABLE c (tenant TEXT NOT NULL, id TEXT NOT NULL, doc TEXT NOT NULL, data BLOB,"
         " PRIMARY KEY (tenant, id))",
+        lambda conn, key, data: conn.execute(
+            "INSERT INTO c VALUES ('t', ?, ?, ?)", (key, json.dumps({"_id": key}), data)),
+        lambda conn, key: conn.execute(
+            "SELECT doc, data FROM c WHERE tenant = 't' AND id = ?", (key,)).fetchone()),
+    "blob column (WITHOUT ROWID table)": (
+        "CREATE TABLE c (tenant TEXT NOT NULL, id TEXT NOT NULL, doc TEXT NOT NULL, data BLOB,"
+        " PRIMARY KEY (tenant, id)) WITHOUT ROWID",
         lambda conn, key, data: conn.execute(
             "INSERT INTO c VALUES ('t', ?, ?, ?)", (key, json.dumps({"_id": key}), data)),
         lambda conn, key: conn.execute(

@@ -259,12 +259,13 @@ def test_sqlite_chunks_reports_both_layouts(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(out.read_text())
-    assert [r["layout"].split(" (")[0] for r in report["results"]] == [
-        "blob column", "base64 in JSON"]
+    assert [r["layout"] for r in report["results"]] == [
+        "blob column (rowid table, now)", "blob column (WITHOUT ROWID table)",
+        "base64 in JSON (WITHOUT ROWID, before)"]
     for layout in report["results"]:
         positive(layout["write"], "wall_ms")
         positive(layout["read"], "wall_ms")
         positive(layout, "db_bytes_per_chunk")
-    blob, text = report["results"]
+    blob, _, text = report["results"]
     # The layouts differ as designed: base64 text takes a third more room than the bytes.
     assert blob["db_bytes_per_chunk"] < text["db_bytes_per_chunk"]

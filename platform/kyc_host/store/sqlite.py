@@ -27,10 +27,11 @@ Threads and the event loop:
   A collection of large documents (``CollectionSpec.large``: file chunks) never goes inline.
 
 A large collection's documents keep their ``data`` bytes (a sealed file chunk) in a BLOB
-column of their own, beside the rest of the document as JSON: as base64 text inside the JSON
-a 1 MiB chunk cost 10.9 ms of CPU to write and 9.9 ms to read, a third more bytes on disk and
-in the WAL, and ~4 ms of base64 with the GIL held; as a BLOB 4.6 and 1.9 ms (BENCHMARKS.md).
-Rows written before the column existed keep ``data`` inside their JSON and read the same.
+column of their own, beside the rest of the document as JSON, in a rowid table: as base64
+text inside the JSON of a WITHOUT ROWID table a 1 MiB chunk cost 11.1 ms of CPU to write and
+7.3 ms to read, a third more bytes on disk and in the WAL, and ~4 ms of base64 with the GIL
+held; now 2.9 and 1.4 ms (tests/benchmarks/sqlite_chunks.py, BENCHMARKS.md). Rows written
+before the column existed keep ``data`` inside their JSON and read the same.
 
 Thread work runs in the caller's context (contextvars), so what a store thread does for a
 request (log lines, a ``trace``) is attributed to that request as inline work is.
@@ -461,8 +462,8 @@ class SqliteStore(Store):
             for spec in COLLECTIONS.values():
                 table = f"c_{spec.name}"
                 if spec.large:
-                    # A rowid table: rows of a megabyte or more are cheaper to insert there
-                    # (2.8 ms against 4.6 ms per 1 MiB chunk WITHOUT ROWID).
+                    # A rowid table: rows of a megabyte are cheaper to insert there than in
+                    # a WITHOUT ROWID table (tests/benchmarks/sqlite_chunks.py).
                     conn.execute(
                         f"CREATE TABLE IF NOT EXISTS {table} (tenant TEXT NOT NULL,"
                         " id TEXT NOT NULL, doc TEXT NOT NULL, data BLOB,"
