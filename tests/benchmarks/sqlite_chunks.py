@@ -34,29 +34,36 @@ from kyc_host.store.sqlite import _decode, _encode  # noqa: E402
 
 CHUNK = 1024 * 1024 + 28
 
-LAYOUTS = {
+def _write_blob(conn: sqlite3.Connection, key: str, data: bytes) -> None:
+    conn.execute("INSERT INTO c VALUES ('t', ?, ?, ?)", (key, json.dumps({"_id": key}), data))
+
+
+def _read_blob(conn: sqlite3.Connection, key: str) -> Any:
+    return conn.execute("SELECT doc, data FROM c WHERE tenant = 't' AND id = ?",
+                        (key,)).fetchone()
+
+
+def _write_json(conn: sqlite3.Connection, key: str, data: bytes) -> None:
+    conn.execute("INSERT INTO c VALUES ('t', ?, ?)", (key, _encode({"_id": key, "data": data})))
+
+
+def _read_json(conn: sqlite3.Connection, key: str) -> Any:
+    return _decode(conn.execute("SELECT doc FROM c WHERE tenant = 't' AND id = ?",
+                                (key,)).fetchone()[0])
+
+
+_COLUMNS = "tenant TEXT NOT NULL, id TEXT NOT NULL, doc TEXT NOT NULL"
+LAYOUTS: dict[str, tuple[str, Callable[..., None], Callable[..., Any]]] = {
     # name: (CREATE TABLE, write one chunk, read one chunk)
     "blob column (rowid table, now)": (
-        "CREATE TABLE c (tenant TEXT NOT NULL, id TEXT NOT NULL, doc TEXT NOT NULL, data BLOB,"
-        " PRIMARY KEY (tenant, id))",
-        lambda conn, key, data: conn.execute(
-            "INSERT INTO c VALUES ('t', ?, ?, ?)", (key, json.dumps({"_id": key}), data)),
-        lambda conn, key: conn.execute(
-            "SELECT doc, data FROM c WHERE tenant = 't' AND id = ?", (key,)).fetchone()),
+        f"CREATE TABLE c ({_COLUMNS}, data BLOB, PRIMARY KEY (tenant, id))",
+        _write_blob, _read_blob),
     "blob column (WITHOUT ROWID table)": (
-        "CREATE TABLE c (tenant TEXT NOT NULL, id TEXT NOT NULL, doc TEXT NOT NULL, data BLOB,"
-        " PRIMARY KEY (tenant, id)) WITHOUT ROWID",
-        lambda conn, key, data: conn.execute(
-            "INSERT INTO c VALUES ('t', ?, ?, ?)", (key, json.dumps({"_id": key}), data)),
-        lambda conn, key: conn.execute(
-            "SELECT doc, data FROM c WHERE tenant = 't' AND id = ?", (key,)).fetchone()),
+        f"CREATE TABLE c ({_COLUMNS}, data BLOB, PRIMARY KEY (tenant, id)) WITHOUT ROWID",
+        _write_blob, _read_blob),
     "base64 in JSON (WITHOUT ROWID, before)": (
-        "CREATE TABLE c (tenant TEXT NOT NULL, id TEXT NOT NULL, doc TEXT NOT NULL,"
-        " PRIMARY KEY (tenant, id)) WITHOUT ROWID",
-        lambda conn, key, data: conn.execute(
-            "INSERT INTO c VALUES ('t', ?, ?)", (key, _encode({"_id": key, "data": data}))),
-        lambda conn, key: _decode(conn.execute(
-            "SELECT doc FROM c WHERE tenant = 't' AND id = ?", (key,)).fetchone()[0])),
+        f"CREATE TABLE c ({_COLUMNS}, PRIMARY KEY (tenant, id)) WITHOUT ROWID",
+        _write_json, _read_json),
 }
 
 
