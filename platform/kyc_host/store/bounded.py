@@ -39,6 +39,17 @@ def start_request() -> None:
     _WAITED.set([0.0])
 
 
+def charge(seconds: float) -> float:
+    """Count ``seconds`` more of store waiting for the running request and return its total
+    so far (outside a request: ``seconds``). For waits that are not a thread queue's (the
+    SQLite loop writes waiting for the writer thread's transaction)."""
+    request = _WAITED.get()
+    if request is None:
+        return seconds
+    request[0] += seconds
+    return request[0]
+
+
 async def run_bounded(pool: Executor, fn: Callable[[], T], *, bound: float, busy: str) -> T:
     """Run ``fn`` on ``pool`` and return its result.
 
@@ -51,10 +62,7 @@ async def run_bounded(pool: Executor, fn: Callable[[], T], *, bound: float, busy
     queued_at = time.monotonic()
 
     def call() -> T:
-        waited = time.monotonic() - queued_at
-        request = _WAITED.get()
-        if request is not None:
-            waited = request[0] = request[0] + waited
+        waited = charge(time.monotonic() - queued_at)
         if waited > bound:
             raise StoreUnavailable(f"{busy} (waited over {bound:g} s)")
         return fn()

@@ -24,6 +24,13 @@ Threads and the event loop:
     ``CHECKPOINT_EVERY`` inline commits a passive checkpoint runs on the writer thread.
   Whatever did not finish inline is rolled back and done again on the reader or writer
   thread, which wait and report errors as before: same results, same exclusivity.
+- A write that finds this process's writer thread inside a transaction (a file chunk's, a
+  few milliseconds) does not queue behind the thread's other work: it waits on the loop for
+  that transaction to end, and the writer thread, before its next transaction, lets the
+  loop's waiting writes go first (for at most ``TURN_WAIT_SECONDS``). Queued on the thread,
+  a JSON PUT's one-row writes waited behind every chunk of every upload in the queue (p95
+  122-643 ms at 200 req/s of the L1 mix, BENCHMARKS.md); a second writer thread for them
+  slowed the uploads under stress instead (not explained).
   A collection of large documents (``CollectionSpec.large``: file chunks) never goes inline.
 
 A large collection's documents keep their ``data`` bytes (a sealed file chunk) in a BLOB
@@ -41,7 +48,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
+import contextvars
 import fcntl
 import json
 import os
@@ -53,7 +62,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from kyc_host.store import bounded
 from kyc_host.store.base import (
@@ -83,6 +92,8 @@ INLINE_MAX_DOC_CHARS = 64 * 1024
 QUEUE_TIMEOUT_SECONDS = bounded.QUEUE_TIMEOUT_SECONDS
 #: Inline commits between two passive WAL checkpoints on the writer thread.
 CHECKPOINT_EVERY = 500
+#: How long the writer thread, between two transactions, waits for the loop's waiting writes.
+TURN_WAIT_SECONDS = 0.05
 #: The field a large collection's documents keep in their BLOB column when it holds bytes.
 BLOB_FIELD = "data"
 _OPS = {"lt": "<", "lte": "<=", "gt": ">", "gte": ">=", "ne": "IS NOT"}
@@ -216,6 +227,12 @@ def _order(sort: SortSpec) -> str:
         f"{_expr(f)} {'ASC' if d >= 0 else 'DESC'}" for f, d in sort)
 
 
+#: :meth:`SqliteStore._write_inline`'s answer when this process's writer thread holds the lock.
+_WRITER_BUSY = "writer-busy"
+#: :meth:`SqliteStore._give_turn`'s answer to a waiting write that inline cannot do.
+_TO_THREAD = object()
+
+
 class _NotInline(Exception):
     """Raised inside an inline write: this one belongs on the writer thread."""
 
@@ -252,6 +269,14 @@ class SqliteStore(Store):
         self._writing_inline = False
         self._inline_commits = 0
         self._closed = False
+        # Taking turns with the writer thread (see the module docstring): the loop's writes
+        # waiting for its transaction to end (each with its request's context and the future
+        # it waits on), and the event the writer thread waits on until they had their go.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._turn_queue: collections.deque[tuple[
+            Callable[[sqlite3.Connection], Any], contextvars.Context, asyncio.Future[Any]]] = (
+                collections.deque())
+        self._turn_over = threading.Event()
 
     # -- connection handling (each executor thread has its own connection) --
 
@@ -302,12 +327,16 @@ class SqliteStore(Store):
         found = self.read_inline(fn)
         return found if found is not None else await self.read(fn)
 
-    def _write_inline(self, fn: Callable[[sqlite3.Connection], T]) -> tuple[T] | None:
-        """``(result,)`` if the transaction ran and committed inline; None if it must go to
-        the writer thread (lock busy, over budget, document too large), with nothing
-        written. A duplicate key raises DuplicateKeyError, as on the thread."""
-        if self._closed or not self._txn_lock.acquire(blocking=False):
+    def _write_inline(self, fn: Callable[[sqlite3.Connection], T]) -> tuple[T] | str | None:
+        """``(result,)`` if the transaction ran and committed inline; ``_WRITER_BUSY`` if
+        this process's writer thread is inside a transaction; None if it must go to the
+        writer thread (another process writing, over budget, document too large). Nothing
+        is written unless committed. A duplicate key raises DuplicateKeyError, as on the
+        thread."""
+        if self._closed:
             return None
+        if not self._txn_lock.acquire(blocking=False):
+            return _WRITER_BUSY
         try:
             if not self._try_flock():
                 return None
@@ -407,24 +436,95 @@ class SqliteStore(Store):
             failed: asyncio.Future[T] = loop.create_future()
             failed.set_exception(exc)
             return failed
-        if done is not None:
+        if isinstance(done, tuple):
             return _done(loop, done[0])
+        if done == _WRITER_BUSY:
+            return asyncio.ensure_future(self._write_in_turn(fn))
+        return asyncio.ensure_future(self._write_on_thread(fn))
 
+    async def _write_on_thread(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def in_txn(conn: sqlite3.Connection) -> T:
-            with self._txn_lock, self._write_lock():
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    result = fn(conn)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    # Also when COMMIT itself failed: a transaction left open here would
-                    # hold SQLite's write lock against every process until this one exits.
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
-                return result
+            try:
+                with self._txn_lock, self._write_lock():
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        result = fn(conn)
+                        conn.execute("COMMIT")
+                    except BaseException:
+                        # Also when COMMIT itself failed: a transaction left open here would
+                        # hold SQLite's write lock against every process until it exits.
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                        raise
+                    return result
+            finally:
+                self._hand_over()
 
-        return asyncio.ensure_future(self._run(self._writer, in_txn))
+        return await self._run(self._writer, in_txn)
+
+    async def _write_in_turn(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Write inline as soon as the writer thread's transaction has ended (done by
+        :meth:`_give_turn`), or on the writer thread if inline cannot do it. Refused
+        (StoreUnavailable, nothing written) once the request has waited for store threads
+        longer than ``QUEUE_TIMEOUT_SECONDS`` in all, as work queued on a thread is."""
+        loop = asyncio.get_running_loop()
+        budget = QUEUE_TIMEOUT_SECONDS - bounded.charge(0.0)
+        done: asyncio.Future[Any] = loop.create_future()
+        self._turn_queue.append((fn, contextvars.copy_context(), done))
+        if not self._txn_lock.locked():
+            # The thread ended its transaction after our attempt and may have seen nobody
+            # waiting: nothing would hand over.
+            self._give_turn()
+        started = loop.time()
+        try:
+            if not done.done():
+                await asyncio.wait([done], timeout=max(0.0, budget))
+        finally:
+            if not done.done():
+                done.cancel()  # never run now (_give_turn skips it)
+            bounded.charge(loop.time() - started)
+        if done.cancelled():
+            raise StoreUnavailable(f"sqlite: busy (waited over {QUEUE_TIMEOUT_SECONDS:g} s)")
+        result = done.result()
+        if result is _TO_THREAD:
+            return await self._write_on_thread(fn)
+        return cast(T, result)
+
+    def _give_turn(self) -> None:
+        """On the loop, with the writer thread between two transactions (or idle): run the
+        waiting writes inline, in the order they came, each in its request's context; those
+        inline cannot do are sent on to the writer thread. Then let the thread go on."""
+        try:
+            while self._turn_queue:
+                fn, context, done = self._turn_queue[0]
+                if done.done():  # refused after waiting too long, or its request is gone
+                    self._turn_queue.popleft()
+                    continue
+                try:
+                    ran = context.run(self._write_inline, fn)
+                except Exception as exc:  # a duplicate key, or fn's own error
+                    self._turn_queue.popleft()
+                    done.set_exception(exc)
+                    continue
+                if ran == _WRITER_BUSY:
+                    return  # the thread went on without waiting; it hands over again after
+                self._turn_queue.popleft()
+                done.set_result(ran[0] if isinstance(ran, tuple) else _TO_THREAD)
+        finally:
+            self._turn_over.set()
+
+    def _hand_over(self) -> None:
+        """On the writer thread, after a transaction: if writes of the loop wait for it to
+        end, have the loop run them now and wait until it has (``TURN_WAIT_SECONDS`` at
+        most)."""
+        if not self._turn_queue or self._loop is None:
+            return
+        self._turn_over.clear()
+        try:
+            self._loop.call_soon_threadsafe(self._give_turn)
+        except RuntimeError:  # the loop is closed
+            return
+        self._turn_over.wait(TURN_WAIT_SECONDS)
 
     def _lock_file(self) -> int:
         if self._lock_fd is None:
@@ -453,6 +553,7 @@ class SqliteStore(Store):
     # -- Store --
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
