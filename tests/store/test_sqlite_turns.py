@@ -220,3 +220,27 @@ async def test_a_requests_waits_for_the_writer_count_together(
         await request()
     # The first write waited 0.3 s, the second 0.3 s more (0.6 s in all: refused).
     assert [doc["_id"] for doc in await customers.find({})] == ["c0"]
+
+
+async def test_the_wal_stays_small_while_chunks_and_loop_writes_take_turns(
+        store: SqliteStore, tmp_path: Path) -> None:
+    """Checkpoints keep up with the chunks written (the WAL is reused, not grown), and the
+    loop's writes in between do not keep it from being reset."""
+    blobs = store.tenant("a", "blobs")
+    customers = store.tenant("b", "customers")
+    chunks = asyncio.gather(*(blobs.insert_one({"_id": f"chunk{n}", "data": CHUNK})
+                              for n in range(64)))  # 16 MiB
+    n = 0
+    while not chunks.done():
+        await customers.insert_one({"_id": f"c{n}"})
+        n += 1
+        await asyncio.sleep(0.001)
+    await chunks
+
+    wal = tmp_path / "store.db-wal"
+    assert wal.stat().st_size < 8 * 1024 * 1024
+    found = await blobs.find_one({"_id": "chunk63"})
+    assert found is not None
+    assert found["data"] == CHUNK
+    assert await store.tenant("b", "blobs").count({}) == 0
+    assert await customers.count({}) == n > 0
