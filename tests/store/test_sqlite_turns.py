@@ -3,8 +3,8 @@
 A write that finds this process's writer thread inside a transaction (a file chunk's) waits
 on the loop for that one transaction, not behind every chunk queued on the thread after it;
 the thread, between two transactions, lets the waiting writes go first. A JSON PUT queued on
-the thread waited behind every upload's chunks (PUT JSON p95 122-246 ms at 200 req/s of the
-L1 mix, BENCHMARKS.md).
+the thread waited behind every upload's chunks (PUT JSON p95 122-1,566 ms at 200 req/s of
+the L1 mix, BENCHMARKS.md).
 """
 
 from __future__ import annotations

@@ -29,8 +29,8 @@ Threads and the event loop:
   that transaction to end, and the writer thread, before its next transaction, lets the
   loop's waiting writes go first (for at most ``TURN_WAIT_SECONDS``). Queued on the thread,
   a JSON PUT's one-row writes waited behind every chunk of every upload in the queue (p95
-  122-643 ms at 200 req/s of the L1 mix, BENCHMARKS.md); a second writer thread for them
-  slowed the uploads under stress instead (not explained).
+  122-1,566 ms at 200 req/s of the L1 mix, BENCHMARKS.md); a second writer thread for them
+  was tried and reverted after two stress runs with slower uploads.
   A collection of large documents (``CollectionSpec.large``: file chunks) never goes inline.
 
 A large collection's documents keep their ``data`` bytes (a sealed file chunk) in a BLOB
