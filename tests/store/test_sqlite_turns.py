@@ -69,18 +69,24 @@ async def test_a_small_write_waits_for_one_chunk_not_for_the_queue(store: Sqlite
     chunks += [store.write(chunk_writer(n, done), inline=False) for n in range(1, 6)]
     await inside_transaction(entered)
 
-    # Another tenant's customer write, while chunk0's transaction holds the write lock.
-    customers = store.tenant("b", "customers")
-    small = asyncio.ensure_future(customers.insert_one({"_id": "c1", "account": "GB"}))
+    # Another tenant's customer write, while chunk0's transaction holds the write lock. It
+    # notes its turn inside its transaction, as the chunks do: the order of the notes is
+    # the order of the transactions.
+    def insert_customer(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO c_customers (tenant, id, doc) VALUES ('b', 'c1', ?)",
+                     (json.dumps({"_id": "c1", "account": "GB"}),))
+        done.append("customer")
+
+    small = store.write(insert_customer)
     await asyncio.sleep(0.05)
     assert not small.done()  # it waits for the lock: one writer at a time
     hold.set()
     await small
-    done.append("customer")
     await asyncio.gather(*chunks)
 
     # chunk0 was in its transaction; the five chunks queued after it came after the customer.
     assert done.index("customer") == 1, done
+    customers = store.tenant("b", "customers")
     assert await customers.find_one({"_id": "c1"}) == {"_id": "c1", "account": "GB"}
     assert await store.tenant("a", "customers").find_one({"_id": "c1"}) is None
     assert await store.tenant("a", "blobs").count({}) == 6
