@@ -163,6 +163,13 @@ async def hold(srv: RunningServer, count: int) -> list[asyncio.Future[object]]:
     return held
 
 
+async def release(held: list[asyncio.Future[object]]) -> None:
+    """End the hook calls now hanging and wait for the held requests' answers."""
+    for task in hung():
+        task.cancel()
+    await asyncio.gather(*held, return_exceptions=True)
+
+
 async def turns_taken(srv: RunningServer, tenant: str) -> float:
     metrics = (await srv.fetch("localhost", "/metrics", admin=True)).body.decode()
     return sample(metrics, "kyc_busy_tenant_turns_total", tenant=tenant)
@@ -192,9 +199,7 @@ async def test_a_busy_tenants_requests_wait_their_turn_and_are_served(
         assert (await srv.fetch("a.test", "/.well-known/stellar.toml")).code == 200
         assert await turns_taken(srv, "t1") == 2
     finally:
-        for task in hung():
-            task.cancel()
-        await asyncio.gather(*held, return_exceptions=True)
+        await release(held)
     assert srv.services.turns.in_flight("t1") == 0  # every request that ended was counted out
     assert srv.services.turns.in_flight("t2") == 0
 
@@ -211,6 +216,4 @@ async def test_with_turns_off_no_request_waits(make_server: MakeServer, tmp_path
         assert await turns_taken(srv, "t1") == 0
         assert srv.services.turns.in_flight("t1") == 4  # counted all the same
     finally:
-        for task in hung():
-            task.cancel()
-        await asyncio.gather(*held, return_exceptions=True)
+        await release(held)

@@ -19,7 +19,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import MakeServer, RunningServer
 from kyc_host.errors import ApiError, LimitExceeded, ServiceUnavailable
-from kyc_host.ratelimit.pacing import CHECK_SECONDS, MAX_WAITING, BytePacer
+from kyc_host.ratelimit.pacing import (
+    CHECK_SECONDS,
+    MAX_WAITING,
+    PRUNE_SECONDS,
+    BytePacer,
+    UploadPacers,
+)
 from sep12.sep12_helpers import ALICE, Wallet, kyc_doc, png_of_size
 
 KIB = 1024
@@ -44,6 +50,39 @@ def test_bucket_holds_one_second_and_concurrent_uploads_share_it() -> None:
     assert pacer.take(0) == 0.0  # the debt is paid after waiting
     clock.now += 60.0
     assert pacer.take(100 * KIB) == 0.0  # idle time refills at most one second
+
+
+
+async def test_a_process_forgets_only_the_buckets_no_upload_needs() -> None:
+    """Buckets of tenants with no upload going on are dropped every PRUNE_SECONDS (an
+    offboarded tenant's too); a bucket in debt, with bytes admitted or uploads waiting is
+    kept, since a new one would give its tenant a fresh second's worth or lose its line."""
+    clock = Clock()
+    pacers = UploadPacers(clock)
+    idle, in_debt = pacers.pacer("idle", 100 * KIB), pacers.pacer("in-debt", 100 * KIB)
+    admitted, waiting = pacers.pacer("admitted", 100 * KIB), pacers.pacer("waiting", 100 * KIB)
+    idle.take(100 * KIB)  # a whole second's worth, refilled long before the prune
+    await admitted.admit(150 * KIB, max_wait=3.0)
+    await waiting.admit(300 * KIB, max_wait=3.0)
+    in_line = asyncio.create_task(waiting.admit(300 * KIB, max_wait=3.0))
+    await asyncio.sleep(0)
+    clock.now += PRUNE_SECONDS
+    assert in_debt.take(200 * KIB) == pytest.approx(1.0)  # full again 2 s after the prune
+    assert pacers.pacer("other", 100 * KIB) is not idle  # the call that prunes
+    assert {name: pacers.get(name) for name in ("idle", "in-debt", "admitted", "waiting")} == {
+        "idle": None, "in-debt": in_debt, "admitted": admitted, "waiting": waiting}
+    fresh = pacers.pacer("idle", 100 * KIB)
+    assert fresh is not idle
+    assert fresh.take(100 * KIB) == 0.0  # a new bucket, full
+    assert len(pacers) == 5
+    in_line.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await in_line
+    admitted.release(150 * KIB)
+    waiting.release(300 * KIB)
+    clock.now += PRUNE_SECONDS
+    pacers.pacer("idle", 100 * KIB)
+    assert len(pacers) == 1  # only the bucket just asked for; the others refilled, let go
 
 
 async def test_admission_at_once_while_it_fits_then_first_come_first_served() -> None:

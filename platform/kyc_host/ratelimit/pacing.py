@@ -51,6 +51,8 @@ MAX_WAITING = 64
 SMALL_BYTES = 64 * 1024
 #: A waiting upload checks this often whether to give up (its client left, the server drains).
 CHECK_SECONDS = 1.0
+#: How often a process forgets the buckets of tenants with no upload going on.
+PRUNE_SECONDS = 300.0
 
 
 class _Waiter:
@@ -78,6 +80,12 @@ class BytePacer:
     def waiting(self) -> int:
         """Uploads waiting for their turn."""
         return len(self._line)
+
+    def idle(self) -> bool:
+        """Nothing admitted or waiting and the bucket full again: no different from a new
+        bucket, so it can be forgotten."""
+        self._refill()
+        return not self._line and self.queued == 0 and self._tokens >= self.rate
 
     def lateness(self, size: int, max_wait: float) -> float:
         """Seconds by which the last byte of an upload of ``size`` bytes, queued now behind
@@ -167,19 +175,38 @@ class BytePacer:
 class UploadPacers:
     """The tenants' buckets in one process, by tenant id: a new version of a tenant keeps its
     bucket and line (with the new rate), so a tenant file change neither doubles the share
-    for a while nor lets newcomers pass the uploads already waiting."""
+    for a while nor lets newcomers pass the uploads already waiting. Every
+    :data:`PRUNE_SECONDS` the idle buckets are dropped, so a process keeps buckets only for
+    the tenants uploading lately (not for every tenant it ever served, offboarded ones
+    included)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._by_tenant: dict[str, BytePacer] = {}
+        self._clock = clock
+        self._pruned = clock()
+
+    def __len__(self) -> int:
+        return len(self._by_tenant)
 
     def get(self, tenant_id: str) -> BytePacer | None:
         """The tenant's bucket if it has one in this process (for tests and diagnostics)."""
         return self._by_tenant.get(tenant_id)
 
     def of(self, tenant: Tenant) -> BytePacer:
-        rate = tenant.config.limits.upload_bytes_per_second
-        pacer = self._by_tenant.get(tenant.id)
+        return self.pacer(tenant.id, tenant.config.limits.upload_bytes_per_second)
+
+    def pacer(self, tenant_id: str, rate: int) -> BytePacer:
+        """The bucket of ``tenant_id``, made now if it has none, at ``rate``."""
+        if self._clock() - self._pruned >= PRUNE_SECONDS:
+            self._prune()
+        pacer = self._by_tenant.get(tenant_id)
         if pacer is None:
-            pacer = self._by_tenant[tenant.id] = BytePacer(rate)
+            pacer = self._by_tenant[tenant_id] = BytePacer(rate, self._clock)
         pacer.rate = rate
         return pacer
+
+    def _prune(self) -> None:
+        self._pruned = self._clock()
+        for tenant_id in [tenant_id for tenant_id, pacer in self._by_tenant.items()
+                          if pacer.idle()]:
+            del self._by_tenant[tenant_id]
