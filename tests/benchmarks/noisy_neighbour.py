@@ -25,7 +25,8 @@ A, started 1 s before and kept going until B's measurement ends:
 1. **GET flood** (wrk, ``--flood-connections``): every request enters the hanging hook and
    is answered 500 at A's hook timeout.
 2. **5x the rate limit**: ``PUT /kyc/customer`` paced at ``--put-rate`` (5/s against A's
-   ``customer_puts_per_ip = "60/min"``): 202 until the limit, then 429. Optionally also a
+   ``customer_puts_per_ip = "5/5s"``, a window shorter than the phase, so that about four
+   in five are answered 429 from the first seconds of every phase). Optionally also a
    wrk PUT flood at full speed (``--put-flood-connections``).
 3. **Hanging client_domain fetches**: ``--hang-fetches`` (50) clients each keep one
    ``GET /auth?account=...&client_domain=hang.noisy.test`` outstanding. That name is a
@@ -166,7 +167,8 @@ optional = ["mobile_number", "birth_date", "photo_id_front"]
 
 
 def noisy_extra(mode: str) -> str:
-    # The paced PUTs come from 127.0.0.1 and meet customer_puts_per_ip (5/s = 5x 60/min).
+    # The paced PUTs come from 127.0.0.1 and meet customer_puts_per_ip (5/s = 5x 5/5s; with
+    # "60/min", as before, the 35 PUTs of a phase, a minute apart, all stayed under it).
     # Each hanging-fetch and upload client has its own address and account: 600/min
     # leaves them their full work (about 12 /auth per minute per address; an upload
     # client rarely manages more than one 10 MiB PUT a second), so that they load the
@@ -185,7 +187,7 @@ hook_timeout_seconds = {HOOK_TIMEOUT}
 max_file_bytes = {UPLOAD_BYTES}
 auth_per_ip = "600/min"
 auth_per_account = "600/min"
-customer_puts_per_ip = "60/min"
+customer_puts_per_ip = "5/5s"
 customer_puts_per_account = "600/min"
 uploads_per_ip = "600/min"
 uploads_per_account = "600/min"
@@ -226,7 +228,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--flood-connections", type=int, default=64,
                         help="wrk connections flooding A's GET /kyc/customer; 0: none")
     parser.add_argument("--put-rate", type=float, default=5.0,
-                        help="A's PUT /kyc/customer per second, paced: 5 x its 60/min limit "
+                        help="A's PUT /kyc/customer per second, paced: 5 x its 5/5s limit "
                              "(reliability-plan L4); 0: none")
     parser.add_argument("--put-flood-connections", type=int, default=0,
                         help="also flood A's PUT with wrk at full speed (all 429)")
@@ -975,7 +977,7 @@ def print_table(report: dict[str, Any]) -> None:
     say("A's noise sources (all noisy phases):")
     say(f"  GET flood, wrk {report['flood_connections']} conn, hook hangs: "
         f"{get_requests} requests, {get_bad} non-2xx")
-    say(f"  PUT paced {report['put_rate_per_s']}/s (5x customer_puts_per_ip 60/min): "
+    say(f"  PUT paced {report['put_rate_per_s']}/s (5x customer_puts_per_ip 5/5s): "
         f"{merged(rounds, 'paced_puts')}")
     if report["put_flood_connections"]:
         say(f"  PUT wrk flood: {sum((r['put_flood'] or {}).get('requests', 0) for r in rounds)}"
