@@ -20,8 +20,15 @@ Threads and the event loop:
     inside a transaction);
   - a progress handler interrupts inline work past ``INLINE_BUDGET_SECONDS`` (a scan, a big
     delete), and a document over ``INLINE_MAX_DOC_CHARS`` (a file chunk) is not written inline;
-  - the inline connection never checkpoints the WAL itself (a checkpoint fsyncs); every
-    ``CHECKPOINT_EVERY`` inline commits a passive checkpoint runs on the writer thread.
+  - the inline connection never syncs a file: no connection checkpoints by itself; the
+    writer thread checkpoints (a checkpoint fsyncs) after its own transactions once the WAL
+    holds ``CHECKPOINT_BYTES`` and every ``CHECKPOINT_EVERY`` inline commits. A checkpoint
+    that copied the whole WAL is followed at once, under the same locks, by a one-row write
+    (table ``wal_restarts``): the first commit after such a checkpoint restarts the WAL
+    from its start and syncs the WAL header (SQLite does at every ``synchronous`` level but
+    OFF), and that write makes it the writer thread's. Left to whoever wrote next, it was
+    the event loop's, three times a second in a soak, each ``fdatasync`` waiting behind the
+    disk's queue of chunk writes (BENCHMARKS.md).
   Whatever did not finish inline is rolled back and done again on the reader or writer
   thread, which wait and report errors as before: same results, same exclusivity.
 - A write that finds this process's writer thread inside a transaction (a file chunk's, a
@@ -92,6 +99,13 @@ INLINE_MAX_DOC_CHARS = 64 * 1024
 QUEUE_TIMEOUT_SECONDS = bounded.QUEUE_TIMEOUT_SECONDS
 #: Inline commits between two passive WAL checkpoints on the writer thread.
 CHECKPOINT_EVERY = 500
+#: The writer thread checkpoints after a transaction once the WAL file is larger than this
+#: (SQLite's autocheckpoint default: 1,000 pages of 4 KiB), and a restarted WAL is cut back
+#: to it (``journal_size_limit``), so the file's size says how far the WAL has grown.
+CHECKPOINT_BYTES = 4 * 1024 * 1024
+#: The one-row write that restarts the WAL on the writer thread after a full checkpoint.
+_RESTART_WAL = ("INSERT INTO wal_restarts (id, n) VALUES (1, 1)"
+                " ON CONFLICT (id) DO UPDATE SET n = n + 1")
 #: How long the writer thread, between two transactions, waits for the loop's waiting writes.
 TURN_WAIT_SECONDS = 0.05
 #: The field a large collection's documents keep in their BLOB column when it holds bytes.
@@ -285,6 +299,8 @@ class SqliteStore(Store):
                                check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA wal_autocheckpoint=0")  # the writer thread checkpoints
+        conn.execute(f"PRAGMA journal_size_limit={CHECKPOINT_BYTES}")
         conn.execute("PRAGMA foreign_keys=ON")
         # Deleted rows are overwritten with zeros (the default of Debian's SQLite, not of
         # every build): a deleted record's ciphertext must not linger in free pages while
@@ -304,7 +320,6 @@ class SqliteStore(Store):
     def _inline_conn(self) -> sqlite3.Connection:
         if self._inline is None:
             conn = self._connect(timeout=0)
-            conn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run on the writer thread
             # Every 100 VM instructions: past the deadline, SQLite interrupts the statement.
             conn.set_progress_handler(lambda: time.perf_counter() > self._deadline, 100)
             self._inline = conn
@@ -378,7 +393,7 @@ class SqliteStore(Store):
             self._writing_inline = False
         self._inline_commits += 1
         if self._inline_commits % CHECKPOINT_EVERY == 0:
-            self._writer.submit(self._checkpoint)
+            self._writer.submit(self._checkpoint_job)
         return (result,)
 
     def _rollback(self, conn: sqlite3.Connection) -> None:
@@ -393,11 +408,41 @@ class SqliteStore(Store):
             conn.close()
             self._inline = None
 
-    def _checkpoint(self) -> None:
-        """Runs on the writer thread: copy the WAL into the database as far as readers allow
-        (PASSIVE never waits), as SQLite's autocheckpoint would have."""
+    def _checkpoint_job(self) -> None:
+        """Runs on the writer thread (queued every ``CHECKPOINT_EVERY`` inline commits)."""
+        try:
+            with self._txn_lock, self._write_lock():
+                self._checkpoint(self._conn())
+        except (OSError, sqlite3.Error):
+            pass  # no lock file or connection (closing): nothing to checkpoint then
+        finally:
+            self._hand_over()
+
+    def _checkpoint_if_due(self, conn: sqlite3.Connection) -> None:
+        """After a transaction of the writer thread, still holding the write locks."""
+        try:
+            size = os.stat(f"{self.path}-wal").st_size
+        except OSError:
+            return
+        if size > CHECKPOINT_BYTES:
+            self._checkpoint(conn)
+
+    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        """On the writer thread, holding the write locks (``_txn_lock`` and the flock): copy
+        the WAL into the database as far as readers allow (PASSIVE never waits). If that
+        copied all of it, restart the WAL here with a one-row write, before anyone else
+        writes (the module docstring says why). A failure only leaves the WAL longer."""
         with contextlib.suppress(sqlite3.Error):
-            self._conn().execute("PRAGMA wal_checkpoint(PASSIVE)")
+            busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if busy or frames <= 0 or copied != frames:
+                return
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(_RESTART_WAL)
+                conn.execute("COMMIT")
+            finally:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
 
     def check_inline_size(self, text: str) -> None:
         """Called with each encoded document a write stores: too large to write inline."""
@@ -456,6 +501,7 @@ class SqliteStore(Store):
                         if conn.in_transaction:
                             conn.execute("ROLLBACK")
                         raise
+                    self._checkpoint_if_due(conn)
                     return result
             finally:
                 self._hand_over()
@@ -560,6 +606,8 @@ class SqliteStore(Store):
             raise StoreUnavailable(f"cannot create {self.path.parent}: {exc.strerror}") from None
 
         def create(conn: sqlite3.Connection) -> None:
+            conn.execute("CREATE TABLE IF NOT EXISTS wal_restarts"
+                         " (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)")
             for spec in COLLECTIONS.values():
                 table = f"c_{spec.name}"
                 if spec.large:
