@@ -18,6 +18,7 @@ from kyc_host.metrics import Metrics
 from kyc_host.net import HorizonClient, SafeHttpClient
 from kyc_host.ratelimit.limiter import RateLimiter
 from kyc_host.ratelimit.pacing import UploadPacers
+from kyc_host.sep.sep10_tokens import VerifiedTokens
 from kyc_host.settings import PlatformSettings
 from kyc_host.store.base import Store
 from kyc_host.tenancy.registry import TenantRegistry
@@ -63,6 +64,8 @@ class Services:
     turns: LoopTurns = field(default_factory=LoopTurns)
     #: Recent management-token verifications of this process (see management/auth.py).
     token_cache: TokenCache = field(default_factory=TokenCache)
+    #: Recent SEP-10 token verifications of this process, all tenants (sep/sep10_tokens.py).
+    verified_tokens: VerifiedTokens = field(default_factory=VerifiedTokens)
     #: The one client for untrusted URLs (SSRF-safe); build_services sets dev mode from settings.
     http: SafeHttpClient = field(default_factory=SafeHttpClient)
     #: Account signers from a tenant's (operator-configured) Horizon.

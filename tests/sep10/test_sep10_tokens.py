@@ -3,6 +3,7 @@ variant is refused with Unauthorized; the untouched token is accepted (so the su
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 
@@ -20,7 +21,7 @@ from stellar_sdk import Keypair
 
 from conftest import RunningServer
 from kyc_host.errors import Unauthorized
-from kyc_host.sep.sep10_tokens import bearer_token, verify_token
+from kyc_host.sep.sep10_tokens import VerifiedTokens, bearer_token, verify_token
 from sep10.forged_tokens import eddsa, forge, forged_variants, own_header
 
 
@@ -52,6 +53,54 @@ async def test_a_correctly_forged_token_is_accepted(srv: RunningServer) -> None:
     assert verify_token(t1, forge(own_header(t1), payload, eddsa(t1.secrets.jwt_private_key)))
     with pytest.raises(Unauthorized):
         verify_token(t1, forge(own_header(t1), payload, eddsa(Ed25519PrivateKey.generate())))
+
+
+
+async def test_one_bounded_cache_of_verified_tokens_for_all_tenants(
+        srv: RunningServer, wallet: Wallet) -> None:
+    """A process keeps at most ``size`` verified tokens in all (least recently used out
+    first); an entry serves only the tenant version it was verified for, and only until the
+    token's ``exp``."""
+    t1, t2 = tenant_of(srv, "t1"), tenant_of(srv, "t2")
+    cache = VerifiedTokens(size=3)
+    clients = [Keypair.random() for _ in range(4)]
+    tokens = [await wallet.token("a.test", c, account=c.public_key) for c in clients]
+    first = [cache.verify(t1, token) for token in tokens[:3]]
+    assert cache.verify(t1, tokens[0]) is first[0]  # a hit, and now the most recent
+    fourth = cache.verify(t1, tokens[3])  # drops tokens[1], the least recently used
+    assert len(cache) == 3
+    assert cache.verify(t1, tokens[3]) is fourth
+    assert cache.verify(t1, tokens[0]) is first[0]
+    again = cache.verify(t1, tokens[1])  # dropped: verified again, same answer
+    assert again is not first[1]
+    assert again == first[1]
+    # Another tenant: the cached entry is never used for it, and the token fails there.
+    with pytest.raises(Unauthorized):
+        cache.verify(t2, tokens[3])
+    # A new version of the same tenant (its record changed: rev) verifies afresh.
+    changed = copy.copy(t1)
+    changed.rev = "another-version"
+    assert cache.verify(changed, tokens[3]) is not fourth
+    # A token past its exp (still inside PyJWT's 5 s leeway) is verified every time.
+    now = int(time.time())
+    payload = {"iss": "https://a.test/auth", "sub": clients[0].public_key, "iat": now - 60,
+               "exp": now - 2, "jti": "y", "home_domain": "a.test"}
+    expired = forge(own_header(t1), payload, eddsa(t1.secrets.jwt_private_key))
+    assert cache.verify(t1, expired) is not cache.verify(t1, expired)
+
+
+async def test_the_server_verifies_each_token_once_per_process(
+        srv: RunningServer, wallet: Wallet) -> None:
+    cache = srv.services.verified_tokens
+    client = Keypair.random()
+    token = await wallet.token("a.test", client, account=client.public_key)
+    before = len(cache)
+    for _ in range(3):
+        answer = await srv.fetch("a.test", "/kyc/customer",
+                                 headers={"Authorization": f"Bearer {token}"})
+        assert answer.code == 200, answer.body
+    assert len(cache) == before + 1
+    assert cache.verify(tenant_of(srv, "t1"), token).account == client.public_key
 
 
 def test_bearer_header_parsing() -> None:

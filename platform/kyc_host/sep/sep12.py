@@ -75,7 +75,7 @@ class Sep12Handler(BaseHandler):
         if self.request.method == "OPTIONS":
             return  # CORS preflights carry no token (BaseHandler.options answers them)
         token = bearer_token(self.request.headers.get("Authorization"))
-        self.identity = verify_token(self.tenant, token)
+        self.identity = verify_token(self.tenant, token, self.services.verified_tokens)
         self._buffer = BodyBuffer(self.body_limit(), self.request.headers.get("Content-Length"))
 
     def compute_etag(self) -> None:
