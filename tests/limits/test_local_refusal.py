@@ -118,3 +118,19 @@ async def test_the_local_count_forgets_events_that_left_the_window(
     assert_limited(await get_auth(first, "a.test", alice), "auth_per_account")
     await asyncio.sleep(1.3)  # the window is 1 s: both events have left it
     assert (await get_auth(first, "a.test", alice)).code == 200
+
+
+async def test_a_process_drops_the_counts_that_hold_nothing_any_more(
+        make_server: MakeServer) -> None:
+    first, _ = await two_servers(make_server, auth_per_account="2/1s")
+    limiter = first.services.limiter
+    assert (await get_auth(first, "a.test", Keypair.random().public_key)).code == 200
+    held = len(limiter)  # the address's counts and this account's
+    for _ in range(5):
+        assert (await get_auth(first, "a.test", Keypair.random().public_key)).code == 200
+    assert len(limiter) == held + 5  # one count per new account
+    await asyncio.sleep(1.3)  # the accounts' 1 s windows are empty now
+    assert (await get_auth(first, "a.test", Keypair.random().public_key)).code == 200
+    # The six accounts' counts are gone (the address's, 60 s windows, stay); the new
+    # account has its own.
+    assert len(limiter) == held

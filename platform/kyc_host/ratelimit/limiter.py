@@ -56,6 +56,10 @@ SWEEP_INTERVAL_SECONDS = 60.0
 #: Local counts kept per process; the least recently used go first. Forgetting one only
 #: sends that key's next requests to the store, which holds the count.
 MAX_LOCAL_KEYS = 100_000
+#: Counts with nothing left in their window are dropped as the process goes (oldest used
+#: first, at most this many per request), so a process keeps counts for the keys active
+#: lately rather than for the last 100,000 ever seen (~450 bytes each).
+EXPIRE_PER_CALL = 16
 #: Slots per window of a local count: its refusals start at most one slot (a tenth of the
 #: window) late at the window's trailing edge; those requests are decided by the store.
 SLOTS = 10
@@ -183,7 +187,12 @@ class RateLimiter:
         self._window(tenant_id, key, rate).add(now)
         self._maybe_sweep(store, tenant_id)
 
+    def __len__(self) -> int:
+        """Local counts held."""
+        return len(self._local)
+
     def _window(self, tenant_id: str, key: str, rate: Rate) -> _LocalWindow:
+        self._expire(time.time())
         slot = (tenant_id, key)
         window = self._local.get(slot)
         if window is None or window.rate != rate:  # new key, or the tenant changed the rate
@@ -194,6 +203,15 @@ class RateLimiter:
         else:
             self._local.move_to_end(slot)
         return window
+
+    def _expire(self, now: float) -> None:
+        """Drop the least recently used counts while they hold nothing in their window (an
+        empty count is what a new key starts with)."""
+        for _ in range(EXPIRE_PER_CALL):
+            oldest = next(iter(self._local.values()), None)
+            if oldest is None or oldest.known(now) > 0:
+                return
+            self._local.popitem(last=False)
 
     def _maybe_sweep(self, store: Store, tenant_id: str) -> None:
         now = time.monotonic()
