@@ -5,11 +5,24 @@ on the loop for that one transaction, not behind every chunk queued on the threa
 the thread, between two transactions, lets the waiting writes go first. A JSON PUT queued on
 the thread waited behind every upload's chunks (PUT JSON p95 122-1,566 ms at 200 req/s of
 the L1 mix, BENCHMARKS.md).
+
+The event loop never syncs the WAL; the writer thread restarts it. The first commit after
+a checkpoint that copied the whole WAL restarts the WAL from its start and syncs the WAL
+header (``fdatasync``) at SQLite's ``synchronous=NORMAL``. Left to whoever wrote next, that
+was often an inline write on the event loop: in a soak the loop thread called ``fdatasync``
+on the WAL about three times a second (strace), each waiting behind the disk's queue of
+file-chunk writes (BENCHMARKS.md). Now the writer thread follows every complete checkpoint
+with a one-row write of its own, so the restart is its. Checked through the WAL header (its
+checkpoint sequence number and salts, which a restart changes,
+https://www.sqlite.org/fileformat2.html#walformat): it does not change across a write done
+on the event loop, and does across the writer thread's work, so restarts still happen; a
+restarted WAL is cut back to ``CHECKPOINT_BYTES``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import json
 import sqlite3
@@ -22,9 +35,11 @@ import pytest
 from kyc_host.store import bounded
 from kyc_host.store import sqlite as sqlite_backend
 from kyc_host.store.base import DuplicateKeyError, StoreUnavailable
-from kyc_host.store.sqlite import SqliteStore
+from kyc_host.store.sqlite import CHECKPOINT_BYTES, SqliteStore
 
 CHUNK = b"\x01" * (256 * 1024)
+#: Over CHECKPOINT_BYTES, and over the 1,000 pages of SQLite's own autocheckpoint.
+BIG_CHUNK = b"\x02" * (5 * 1024 * 1024)
 REQUEST: contextvars.ContextVar[str] = contextvars.ContextVar("request", default="-")
 
 
@@ -250,3 +265,77 @@ async def test_the_wal_stays_small_while_chunks_and_loop_writes_take_turns(
     assert found["data"] == CHUNK
     assert await store.tenant("b", "blobs").count({}) == 0
     assert await customers.count({}) == n > 0
+
+
+# --- the WAL restarts on the writer thread -------------------------------------------
+
+
+def wal_header(store: SqliteStore) -> bytes:
+    """Checkpoint sequence number, salt-1 and salt-2 of the WAL header."""
+    with open(f"{store.path}-wal", "rb") as wal:
+        return wal.read(24)[12:24]
+
+
+def restarts(store: SqliteStore) -> int:
+    with contextlib.closing(sqlite3.connect(store.path)) as conn:
+        row = conn.execute("SELECT n FROM wal_restarts WHERE id = 1").fetchone()
+    return 0 if row is None else int(row[0])
+
+
+async def loop_write(store: SqliteStore, doc_id: str) -> bool:
+    """A small document written the way a request's writes go; whether it was written on
+    this thread, the event loop's (inline work past its 2 ms budget is redone on the writer
+    thread, which a busy machine can cause now and then)."""
+    threads: list[str] = []
+
+    def insert(conn: sqlite3.Connection) -> None:
+        threads.append(threading.current_thread().name)
+        conn.execute("INSERT INTO c_customers (tenant, id, doc) VALUES ('t1', ?, '{}')",
+                     (doc_id,))
+
+    await store.write(insert)
+    return threads[-1] == threading.current_thread().name
+
+
+async def test_the_loop_never_restarts_the_wal_and_the_writer_thread_does(
+        store: SqliteStore) -> None:
+    chunks = store.tenant("t1", "blobs")
+    on_loop = 0
+    for round_ in range(3):
+        before = wal_header(store)
+        await chunks.insert_one({"_id": f"f{round_}.0", "data": BIG_CHUNK})  # writer thread
+        assert wal_header(store) != before  # checkpointed and restarted there
+        assert restarts(store) == round_ + 1
+        header = wal_header(store)
+        for i in range(5):
+            on_loop += await loop_write(store, f"c{round_}.{i}")
+            # Seen failing before the change: the first of these restarted the WAL (and
+            # synced its header on the event loop's thread).
+            assert wal_header(store) == header, (round_, i)
+        # The restarted WAL was cut back: the chunk's 5 MiB of frames do not stay on disk.
+        assert (store.path.parent / "store.db-wal").stat().st_size <= CHECKPOINT_BYTES
+    assert on_loop >= 10  # of 15: the loop's path was the one tried
+    found = await chunks.find_one({"_id": "f2.0"})
+    assert found is not None
+    assert found["data"] == BIG_CHUNK
+
+
+async def test_checkpoints_for_the_loops_commits_restart_on_the_writer_thread(
+        store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only small writes: every CHECKPOINT_EVERY inline commits the writer thread
+    checkpoints, and restarts the WAL itself."""
+    monkeypatch.setattr(sqlite_backend, "CHECKPOINT_EVERY", 10)
+    written = 0
+    for round_ in range(3):
+        header = wal_header(store)
+        while True:
+            commits = store._inline_commits
+            await loop_write(store, f"c{written}")
+            written += 1
+            if store._inline_commits != commits and store._inline_commits % 10 == 0:
+                break  # that inline commit queued a checkpoint...
+            assert wal_header(store) == header, written  # ...the others restarted nothing
+        await store.write(lambda conn: None, inline=False)  # after the queued checkpoint
+        assert wal_header(store) != header
+        assert restarts(store) == round_ + 1
+    assert await store.tenant("t1", "customers").count({}) == written
