@@ -7,6 +7,7 @@ The SEP-10 and SEP-12 scenarios join the run as soon as their modules exist in t
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -237,7 +238,8 @@ def test_load_mix_soak_smoke_samples_resources_and_counts_callbacks(tmp_path: Pa
         positive(sample, "rss_kb", "fds", "store_connections")
     growth = figures["growth"]
     for key in SERVER_SAMPLE:
-        assert {"after_warmup", "last", "max", "growth", "growth_pct",
+        assert {"after_warmup", "last", "max", "growth", "growth_pct", "median_first_window",
+                "median_last_window", "window_growth_pct",
                 "slope_per_hour"} <= set(growth[key])
     assert "metrics_delivery_p99_le_s" in growth
     callbacks = figures["callbacks"]
@@ -250,6 +252,40 @@ def test_load_mix_soak_smoke_samples_resources_and_counts_callbacks(tmp_path: Pa
     assert {row["figure"] for row in figures["verdicts"]} == {
         "RSS growth after warm-up", "fd growth (clients' connections aside)",
         "store connection growth", "callback lag p99 (s)", "lost callbacks"}
+
+
+def test_soak_growth_compares_the_medians_of_the_first_and_last_windows(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = importlib.util.spec_from_file_location("load_mix", HERE / "load_mix.py")
+    assert spec is not None
+    assert spec.loader is not None
+    load_mix_module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "load_mix", load_mix_module)  # its dataclasses need it
+    spec.loader.exec_module(load_mix_module)
+    # RSS flat at 100 MiB after the warm-up (t >= 60) but for one low sample right after it
+    # and one high sample at the end: single samples say +25 %, the windows say 0 %.
+    rss = {60: 80, 70: 100, 80: 100, 90: 100, 100: 100, 110: 100, 120: 125}
+    samples = [{"t_s": float(t), "rss_kb": 1024 * rss.get(t, 50), "fds": 10,
+                "fds_not_clients": 10 + (t == 120), "client_connections": 0,
+                "store_connections": 4} for t in range(0, 130, 10)]
+    growth = load_mix_module.soak_growth(samples, warmup=60.0, window=30.0)
+    row = growth["rss_kb"]
+    assert (row["after_warmup"], row["last"]) == (80 * 1024, 125 * 1024)
+    assert row["growth_pct"] == 56.25
+    assert growth["window_samples"] == [3, 3]  # t 60-80 and t 100-120
+    assert (row["median_first_window"], row["median_last_window"]) == (100 * 1024, 100 * 1024)
+    assert row["window_growth_pct"] == 0.0
+    assert growth["fds_not_clients"]["growth"] == 1  # fds: any growth shows, no median
+    verdicts = {v["figure"]: v for v in load_mix_module.soak_verdicts(
+        growth, {"lag_p99_s": 1.0, "lost": 0, "customers_not_called_back": 0})}
+    assert verdicts["RSS growth after warm-up"]["value"] == 0.0
+    assert verdicts["RSS growth after warm-up"]["met"] is True
+    assert verdicts["fd growth (clients' connections aside)"]["met"] is False
+    rss[110] = rss[120] = 115  # the end's median moves with the end
+    row = load_mix_module.soak_growth(
+        [{**s, "rss_kb": 1024 * rss.get(int(s["t_s"]), 50)} for s in samples],
+        warmup=60.0, window=30.0)["rss_kb"]
+    assert row["window_growth_pct"] == 15.0
 
 
 def test_sqlite_chunks_reports_both_layouts(tmp_path: Path) -> None:
