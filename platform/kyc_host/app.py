@@ -29,6 +29,7 @@ from kyc_host.callbacks.worker import CallbackWorker
 from kyc_host.crypto.master import KeyProvider, load_key_provider
 from kyc_host.hooks.isolation import close_pools
 from kyc_host.looplag import LoopLagProbe
+from kyc_host.memory import tune_malloc
 from kyc_host.net import SafeHttpClient
 from kyc_host.procs import die_with_parent
 from kyc_host.retention.purge import PurgeLoop
@@ -341,6 +342,10 @@ def run(settings: PlatformSettings, workers: int = 1) -> int:
     forwards SIGTERM/SIGINT to the workers, waits for them to drain, and restarts a worker
     that dies unexpectedly.
     """
+    tuned = tune_malloc()  # before any thread exists; inherited by the workers
+    if tuned:
+        log.info("C allocator: %s (kyc_host/memory.py; an environment variable of the same "
+                 "name overrides)", " ".join(f"{k}={v}" for k, v in tuned.items()))
     if workers <= 1:
         return asyncio.run(serve(settings))
     _share_metrics_between_workers()
