@@ -52,20 +52,22 @@ def test_bucket_holds_one_second_and_concurrent_uploads_share_it() -> None:
     assert pacer.take(100 * KIB) == 0.0  # idle time refills at most one second
 
 
-
 async def test_a_process_forgets_only_the_buckets_no_upload_needs() -> None:
     """Buckets of tenants with no upload going on are dropped every PRUNE_SECONDS (an
     offboarded tenant's too); a bucket in debt, with bytes admitted or uploads waiting is
-    kept, since a new one would give its tenant a fresh second's worth or lose its line."""
+    kept, since a new one would give its tenant a fresh second's worth or lose its line (the
+    "waiting" bucket is full again by the prune and has nothing admitted: only its line
+    keeps it)."""
     clock = Clock()
     pacers = UploadPacers(clock)
     idle, in_debt = pacers.pacer("idle", 100 * KIB), pacers.pacer("in-debt", 100 * KIB)
     admitted, waiting = pacers.pacer("admitted", 100 * KIB), pacers.pacer("waiting", 100 * KIB)
     idle.take(100 * KIB)  # a whole second's worth, refilled long before the prune
     await admitted.admit(150 * KIB, max_wait=3.0)
-    await waiting.admit(300 * KIB, max_wait=3.0)
+    waiting.take(400 * KIB)  # bytes that arrived, nothing admitted: 3 s in debt ...
     in_line = asyncio.create_task(waiting.admit(300 * KIB, max_wait=3.0))
     await asyncio.sleep(0)
+    assert (waiting.waiting, waiting.queued) == (1, 0)  # ... so this one waits its turn
     clock.now += PRUNE_SECONDS
     assert in_debt.take(200 * KIB) == pytest.approx(1.0)  # full again 2 s after the prune
     assert pacers.pacer("other", 100 * KIB) is not idle  # the call that prunes
@@ -79,7 +81,6 @@ async def test_a_process_forgets_only_the_buckets_no_upload_needs() -> None:
     with pytest.raises(asyncio.CancelledError):
         await in_line
     admitted.release(150 * KIB)
-    waiting.release(300 * KIB)
     clock.now += PRUNE_SECONDS
     pacers.pacer("idle", 100 * KIB)
     assert len(pacers) == 1  # only the bucket just asked for; the others refilled, let go
