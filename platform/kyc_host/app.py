@@ -25,11 +25,11 @@ from tornado.httputil import split_host_and_port
 from tornado.netutil import Resolver, bind_sockets
 from tornado.web import Application
 
+from kyc_host import memory
 from kyc_host.callbacks.worker import CallbackWorker
 from kyc_host.crypto.master import KeyProvider, load_key_provider
 from kyc_host.hooks.isolation import close_pools
 from kyc_host.looplag import LoopLagProbe
-from kyc_host.memory import tune_malloc
 from kyc_host.net import SafeHttpClient
 from kyc_host.procs import die_with_parent
 from kyc_host.retention.purge import PurgeLoop
@@ -288,8 +288,9 @@ async def serve(
         log.info("serve_tenants %s: %d of %d tenant(s)", ",".join(settings.serve_tenants),
                  served, len(services.registry))
     log.info("serving %d tenant(s): public http://%s, admin http://%s (backend %s, pid %d, "
-             "%d start-up objects frozen)", served, settings.public_listen,
-             settings.admin_listen, services.store.backend_name, os.getpid(), frozen)
+             "%d start-up objects frozen, %s)", served, settings.public_listen,
+             settings.admin_listen, services.store.backend_name, os.getpid(), frozen,
+             memory.describe())
     await stop.wait()
     log.info("shutting down: %d request(s) in flight", services.inflight.count)
     await server.stop(settings.shutdown_timeout_seconds)
@@ -342,10 +343,7 @@ def run(settings: PlatformSettings, workers: int = 1) -> int:
     forwards SIGTERM/SIGINT to the workers, waits for them to drain, and restarts a worker
     that dies unexpectedly.
     """
-    tuned = tune_malloc()  # before any thread exists; inherited by the workers
-    if tuned:
-        log.info("C allocator: %s (kyc_host/memory.py; an environment variable of the same "
-                 "name overrides)", " ".join(f"{k}={v}" for k, v in tuned.items()))
+    memory.tune_malloc()  # before any thread exists; inherited by the workers
     if workers <= 1:
         return asyncio.run(serve(settings))
     _share_metrics_between_workers()

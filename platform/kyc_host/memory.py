@@ -36,6 +36,10 @@ _SETTINGS = ((M_ARENA_MAX, ARENA_MAX, "MALLOC_ARENA_MAX"),
              (M_MMAP_THRESHOLD, MMAP_THRESHOLD, "MALLOC_MMAP_THRESHOLD_"))
 
 
+#: What :func:`tune_malloc` set in this process (forked workers inherit it), for the log.
+applied: dict[str, int] = {}
+
+
 def tune_malloc() -> dict[str, int]:
     """Apply the settings above unless the environment sets them; returns what was set
     (by environment variable name), empty where the C library is not glibc."""
@@ -46,8 +50,14 @@ def tune_malloc() -> dict[str, int]:
     except (OSError, AttributeError):  # pragma: no cover - glibc without mallopt
         return {}
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    applied: dict[str, int] = {}
     for param, value, variable in _SETTINGS:
         if variable not in os.environ and mallopt(param, value) == 1:
             applied[variable] = value
-    return applied
+    return dict(applied)
+
+
+def describe() -> str:
+    """What the start-up log line says about the C allocator."""
+    if not applied:
+        return "C allocator as the environment set it"
+    return "C allocator " + " ".join(f"{k}={v}" for k, v in applied.items())
