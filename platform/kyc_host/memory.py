@@ -58,6 +58,6 @@ def tune_malloc() -> dict[str, int]:
 
 def describe() -> str:
     """What the start-up log line says about the C allocator."""
-    if not applied:
-        return "C allocator as the environment set it"
+    if not applied:  # not glibc, or the environment set both
+        return "C allocator left as it was"
     return "C allocator " + " ".join(f"{k}={v}" for k, v in applied.items())

@@ -222,8 +222,15 @@ async def test_other_tenant_is_served_while_200_slow_connections_are_held(
         # None of the slow ones was answered or dropped meanwhile.
         assert await asyncio.gather(*(wait_closed(r, 0.01) for r, _ in held)) == [False] * 200
     finally:
-        for _, writer in held:
-            writer.close()
+        await _close_all(held)
+
+
+async def _close_all(held: list[Stream]) -> None:
+    """Close the test's connections and wait until the loop has let go of their sockets
+    (a socket still open when the test's loop closes is a ResourceWarning, and an error)."""
+    for _, writer in held:
+        writer.close()
+    await asyncio.gather(*(writer.wait_closed() for _, writer in held), return_exceptions=True)
 
 
 async def _until_held(srv: RunningServer, count: int) -> None:
@@ -274,8 +281,7 @@ async def test_figures_idle_keep_alive_and_trickled_uploads(tmp_path: Path) -> N
         async with connect(deployment) as srv:
             await _figures(deployment, srv, held)
     finally:
-        for _, writer in held:
-            writer.close()
+        await _close_all(held)
         deployment.kill_if_running()
 
 
