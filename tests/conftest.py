@@ -13,6 +13,9 @@
 - ``two_tenants``: a running server with tenants "t1" on ``a.test`` and "t2" on ``b.test``.
 - ``log_canary`` (autouse): every test fails if any ``kyc_host`` log line (at DEBUG, in the
   platform's JSON format) holds a JWT, a Stellar secret seed or a bearer credential.
+
+Every async test runs on the server's own event loop, :class:`TurnTakingLoop` (the
+``pytest_asyncio_loop_factories`` hook below).
 """
 
 from __future__ import annotations
@@ -42,9 +45,16 @@ from kyc_host.store import open_store
 from kyc_host.store.base import Store
 from kyc_host.tenancy.schema import parse_tenant
 from kyc_host.tenancy.service import TenantDocument
+from kyc_host.web.turns import TurnTakingLoop
 
 ROOT = Path(__file__).resolve().parent.parent
 FERRETDB_DIR = ROOT / "tests" / "ferretdb"
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config,
+                                  item: pytest.Item) -> dict[str, Callable[[], Any]]:
+    """The loop ``kyc-host serve`` runs on (web/turns.py), for every async test."""
+    return {"turn_taking": TurnTakingLoop}
 
 
 # --- FerretDB ---------------------------------------------------------------------------

@@ -17,8 +17,9 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Coroutine, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from tornado.httputil import split_host_and_port
@@ -42,7 +43,7 @@ from kyc_host.tenancy.service import TenantService, read_tenant_files
 from kyc_host.web.base import AdminNotFoundHandler, NotFoundHandler, log_request
 from kyc_host.web.routes import admin_routes, public_routes
 from kyc_host.web.serving import ServingHTTPServer
-from kyc_host.web.turns import LoopTurns
+from kyc_host.web.turns import LoopTurns, TurnTakingLoop
 
 log = logging.getLogger(__name__)
 #: Shutdown steps after the drain share this many seconds past the drain's deadline; one
@@ -132,7 +133,9 @@ async def build_services(
                                           for name, ip, port in settings.dev_static_hosts}))
     waited = services.metrics.busy_tenant_turns
     services.turns = LoopTurns(settings.busy_tenant_requests,
-                               on_wait=lambda tenant_id: waited.labels(tenant_id).inc())
+                               on_wait=lambda tenant_id: waited.labels(tenant_id).inc(),
+                               loop_orders_steps=isinstance(asyncio.get_running_loop(),
+                                                            TurnTakingLoop))
     return services
 
 
@@ -177,6 +180,7 @@ class Server:
         tenant = registry.for_host(split_host_and_port(host.lower())[0])
         if tenant is None or not registry.serves(tenant.id):
             return None
+        self.services.turns.mark(tenant.id)  # the connection works for it from here on
         return self.services.turns.turn(tenant.id)
 
     def start(self, public: list[socket.socket], admin: list[socket.socket]) -> None:
@@ -345,7 +349,7 @@ def run(settings: PlatformSettings, workers: int = 1) -> int:
     """
     memory.tune_malloc()  # before any thread exists; inherited by the workers
     if workers <= 1:
-        return asyncio.run(serve(settings))
+        return _run_serving(serve(settings))
     _share_metrics_between_workers()
     asyncio.run(_prepare_store(settings))
     probe = bind_listeners(settings, reuse_port=True)
@@ -354,6 +358,12 @@ def run(settings: PlatformSettings, workers: int = 1) -> int:
             sock.close()
         return _supervise(settings, workers, None)
     return _supervise(settings, workers, probe)
+
+
+def _run_serving(main: Coroutine[Any, Any, int]) -> int:
+    """Run a serving process's main coroutine on the turn-taking loop (web/turns.py)."""
+    with asyncio.Runner(loop_factory=TurnTakingLoop) as runner:
+        return runner.run(main)
 
 
 def _share_metrics_between_workers() -> None:
@@ -390,8 +400,8 @@ def _supervise(settings: PlatformSettings, workers: int,
             die_with_parent(supervisor, signal.SIGTERM)
             code = 1
             try:
-                code = asyncio.run(serve(settings, listeners, apply_tenant_files=False,
-                                         reuse_port=listeners is None))
+                code = _run_serving(serve(settings, listeners, apply_tenant_files=False,
+                                          reuse_port=listeners is None))
             except BaseException:  # a worker must never return into the supervisor's code
                 log.exception("worker %d failed", index)
             finally:

@@ -2,13 +2,16 @@
 
 A tenant with ``busy_tenant_requests`` or more requests in flight in a process is busy; its
 next requests let every other ready piece of work go first, and are still served. The unit
-tests drive :class:`LoopTurns` on a real event loop with other work queued; the HTTP tests
-hold a tenant's requests in a hanging plugin hook on a real server and look at who waited.
+tests drive :class:`LoopTurns` on a real event loop with other work queued, and
+:class:`TurnTakingLoop` (the loop every test here runs on, as the server does) with steps of
+a busy tenant's tasks; the HTTP tests hold a tenant's requests in a hanging plugin hook on a
+real server and look at who waited.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import sys
 import time
 from pathlib import Path
@@ -16,7 +19,7 @@ from pathlib import Path
 from conftest import MakeServer, RunningServer
 from foundation.test_metrics import sample
 from hooks.hooks_helpers import plugins_dir
-from kyc_host.web.turns import LoopTurns, take_turn
+from kyc_host.web.turns import LoopTurns, TurnTakingLoop, take_turn
 from sep12.sep12_helpers import Wallet, kyc_doc
 
 # --- LoopTurns on an event loop --------------------------------------------------------
@@ -142,6 +145,107 @@ async def test_take_turn_waits_only_inside_a_busy_tenants_request() -> None:
     assert await asyncio.create_task(request("quiet")) is True  # now 2: busy, waited
 
 
+# --- TurnTakingLoop: every step of a busy tenant's work ---------------------------------
+
+
+def this_loop() -> TurnTakingLoop:
+    loop = asyncio.get_running_loop()
+    assert isinstance(loop, TurnTakingLoop)  # tests/conftest.py: the server's loop
+    return loop
+
+
+async def steps_of(turns: LoopTurns, tenant_id: str, steps: int, log: list[str]) -> None:
+    """A request's task: marked as working for ``tenant_id``, then ``steps`` steps."""
+    turns.started(tenant_id)
+    for _ in range(steps):
+        await asyncio.sleep(0)
+        log.append(tenant_id)
+
+
+async def test_each_step_of_a_busy_tenants_task_waits_for_the_ready_work() -> None:
+    turns = LoopTurns(busy_at=2, max_wait=10.0, loop_orders_steps=True)
+    turns.started("busy")  # one request already in flight; the task below is the second
+    log: list[str] = []
+    held_before = this_loop().steps_held
+    chain = other_work(30, 0.001, log)
+    await asyncio.gather(chain, asyncio.create_task(steps_of(turns, "busy", 3, log)))
+    assert log == ["other work done", "busy", "busy", "busy"]
+    assert this_loop().steps_held - held_before >= 3
+    assert this_loop().holding == 0
+
+
+async def test_a_tenant_below_the_mark_is_not_held_and_nor_is_work_of_no_tenant() -> None:
+    turns = LoopTurns(busy_at=3, max_wait=10.0, loop_orders_steps=True)
+    turns.started("busy")  # 1 + the task's own = 2, below 3
+    log: list[str] = []
+    held_before = this_loop().steps_held
+    chain = other_work(30, 0.001, log)
+    await asyncio.gather(chain, asyncio.create_task(steps_of(turns, "quiet", 3, log)))
+    assert log == ["quiet", "quiet", "quiet", "other work done"]  # each step in its turn
+    assert this_loop().steps_held == held_before  # the chain (no tenant) was never held
+
+
+async def test_a_held_step_runs_after_max_wait_when_the_loop_is_never_idle() -> None:
+    turns = LoopTurns(busy_at=1, max_wait=0.05, loop_orders_steps=True)
+    log: list[str] = []
+    chain = other_work(400, 0.001, log)  # ~0.4 s without an idle iteration
+    await asyncio.gather(chain, asyncio.create_task(steps_of(turns, "busy", 3, log)))
+    # Three steps, each held up to 50 ms: all done while the other work still ran.
+    assert log == ["busy", "busy", "busy", "other work done"]
+
+
+async def test_a_done_callback_in_a_busy_tenants_context_is_held_too() -> None:
+    """A task waking up from a future (a store call, a hook's answer) is such a callback."""
+    turns = LoopTurns(busy_at=1, max_wait=10.0, loop_orders_steps=True)
+    context = contextvars.copy_context()
+    context.run(turns.started, "busy")
+    log: list[str] = []
+    loop = this_loop()
+    answer = loop.create_future()
+    answer.add_done_callback(lambda _: log.append("busy woke"), context=context)
+    chain = other_work(20, 0.001, log)
+    answer.set_result(None)
+    await chain
+    await asyncio.sleep(0.01)
+    assert log == ["other work done", "busy woke"]
+
+
+async def test_a_cancelled_held_step_never_runs_and_a_cancelled_task_still_ends() -> None:
+    turns = LoopTurns(busy_at=1, max_wait=10.0, loop_orders_steps=True)
+    context = contextvars.copy_context()
+    context.run(turns.started, "busy")
+    loop = this_loop()
+    log: list[str] = []
+    chain = other_work(20, 0.001, log)
+    handle = loop.call_soon(log.append, "cancelled step ran", context=context)
+    assert loop.holding == 1
+    handle.cancel()
+    task = asyncio.create_task(steps_of(turns, "busy", 1000, log))
+    await asyncio.sleep(0)  # the task's first step ran; its next one is held
+    task.cancel()
+    await chain
+    await asyncio.gather(task, return_exceptions=True)
+    assert task.cancelled()
+    assert "cancelled step ran" not in log
+    assert loop.holding == 0
+
+
+def test_the_loop_shuts_down_with_a_busy_tenants_task_still_held() -> None:
+    """asyncio.Runner cancels what is left at the end (as ``kyc-host serve`` exits): a task
+    held at that moment is cancelled and ends; closing the loop does not wait on it."""
+    outcome: list[asyncio.Task[None]] = []
+
+    async def main() -> None:
+        turns = LoopTurns(busy_at=1, max_wait=10.0, loop_orders_steps=True)
+        outcome.append(asyncio.create_task(steps_of(turns, "busy", 10**9, [])))
+        await asyncio.sleep(0.05)  # the task runs its steps when the loop is idle...
+        other_work(10, 0.001, [])  # ...and is held behind this when main returns
+
+    with asyncio.Runner(loop_factory=TurnTakingLoop) as runner:
+        runner.run(main())
+    assert outcome[0].cancelled()
+
+
 # --- over HTTP, with requests held in a hanging plugin hook -----------------------------
 
 
@@ -189,15 +293,21 @@ async def test_a_busy_tenants_requests_wait_their_turn_and_are_served(
         held += await hold(srv, 1)  # the fourth waited for its turn, and reached the hook
         assert await turns_taken(srv, "t1") == 1
         assert srv.services.turns.in_flight("t1") == 4
-        # The other tenant, below the mark, is served as usual and never waits for a turn.
+        # The other tenant, below the mark, is served as usual and never waits for a turn:
+        # no step of its requests was held by the loop.
+        loop = this_loop()
+        assert srv.services.turns.loop_orders_steps
+        held_before = loop.steps_held
         for _ in range(3):
             replies = await asyncio.gather(*[Wallet(srv, "b.test", "t2").get()
                                              for _ in range(2)])
             assert {r.status for r in replies} == {200}
         assert await turns_taken(srv, "t2") == 0
-        # A busy tenant's other routes wait too, and are answered.
+        assert loop.steps_held == held_before
+        # A busy tenant's other routes wait too (their steps are held), and are answered.
         assert (await srv.fetch("a.test", "/.well-known/stellar.toml")).code == 200
         assert await turns_taken(srv, "t1") == 2
+        assert loop.steps_held > held_before
     finally:
         await release(held)
     assert srv.services.turns.in_flight("t1") == 0  # every request that ended was counted out

@@ -17,15 +17,30 @@ first. Nothing is refused, and when the process has time to spare the wait is a 
 microseconds; a request never waits longer than ``max_wait`` seconds, so a busy tenant is
 slowed when the loop is never idle, not starved. A tenant below ``busy_at`` (the ordinary
 case: a wallet's requests take milliseconds) never waits here.
+
+Those turns work on any event loop, but between them a busy tenant's requests still do
+their short steps (a body chunk read, a refusal written, a hook's timeout ending) in the
+order they became ready, and in the noisy-neighbour benchmark those steps -- each under a
+millisecond, about 7 % of the loop's time -- were what was left of the quiet tenant's
+slowdown (BENCHMARKS.md). The server therefore runs on :class:`TurnTakingLoop`, which applies
+the same rule to every step: a step of a busy tenant's request runs in a loop iteration in
+which nothing else is ready, or once it has waited ``max_wait``. A step belongs to the tenant
+named in the context it runs in: the connection's, from the moment its request's headers
+name the tenant (:meth:`LoopTurns.mark`), and every task the request starts. On that loop
+the turn points above have nothing left to do and let the request go on at once (they are
+still counted). Work that belongs to no tenant (the callback worker, the purge job, the
+listeners accepting) is never held back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any, TypeVarTuple, Unpack
 
 #: Requests of one tenant in flight in one process from which it is busy (a setting:
 #: ``busy_tenant_requests``).
@@ -39,6 +54,8 @@ IDLE_ITERATION_SECONDS = 0.0002
 #: The process's turns and the tenant of the request being served (set in its prepare()).
 _serving: ContextVar[tuple[LoopTurns, str] | None] = ContextVar("kyc_turns", default=None)
 
+_Args = TypeVarTuple("_Args")
+
 
 @dataclass(slots=True)
 class _Waiter:
@@ -51,11 +68,15 @@ class LoopTurns:
     requests waiting for a turn."""
 
     def __init__(self, busy_at: int = DEFAULT_BUSY_AT, max_wait: float = MAX_WAIT_SECONDS,
-                 on_wait: Callable[[str], None] | None = None) -> None:
+                 on_wait: Callable[[str], None] | None = None,
+                 loop_orders_steps: bool = False) -> None:
         #: 0: no tenant is ever busy.
         self.busy_at = busy_at
         self.max_wait = max_wait
         self._on_wait = on_wait
+        #: The process runs on a :class:`TurnTakingLoop` (which takes this one's
+        #: ``max_wait``): a turn is then counted but not waited for here.
+        self.loop_orders_steps = loop_orders_steps
         self._inflight: collections.Counter[str] = collections.Counter()
         self._line: collections.deque[_Waiter] = collections.deque()
         self._giver: asyncio.Task[None] | None = None
@@ -64,6 +85,12 @@ class LoopTurns:
         """A request of ``tenant_id`` is being served (until :meth:`ended`), in the
         current context: :func:`take_turn` in it knows its tenant."""
         self._inflight[tenant_id] += 1
+        _serving.set((self, tenant_id))
+
+    def mark(self, tenant_id: str) -> None:
+        """The current context works for ``tenant_id`` (a connection, once its request's
+        headers name the tenant): on a :class:`TurnTakingLoop` its steps wait while that
+        tenant is busy."""
         _serving.set((self, tenant_id))
 
     def ended(self, tenant_id: str) -> None:
@@ -84,13 +111,16 @@ class LoopTurns:
         a future that is done at its turn."""
         if not self.busy(tenant_id):
             return None
+        if self._on_wait is not None:
+            self._on_wait(tenant_id)
+        if self.loop_orders_steps:
+            return None
         loop = asyncio.get_running_loop()
         waiter = _Waiter(loop.create_future(), loop.time())
         self._line.append(waiter)
-        if self._on_wait is not None:
-            self._on_wait(tenant_id)
         if self._giver is None or self._giver.done():
-            self._giver = loop.create_task(self._give_turns())
+            # In a context of its own: the turn-giver works for no tenant.
+            self._giver = loop.create_task(self._give_turns(), context=contextvars.Context())
         return waiter.future
 
     async def _give_turns(self) -> None:
@@ -123,3 +153,71 @@ async def take_turn() -> None:
         turn = serving[0].turn(serving[1])
         if turn is not None:
             await turn
+
+
+class TurnTakingLoop(asyncio.SelectorEventLoop):
+    """The server's event loop: every step of a busy tenant's work waits for an idle loop
+    iteration, or ``max_wait`` seconds at most (see the module's text).
+
+    A step is a callback the loop is asked to run soon with a context: a task's next step
+    and a future's done-callbacks (a task waking up) come that way. The tenant is the one
+    that context was marked with (:meth:`LoopTurns.started`, :meth:`LoopTurns.mark`). Such
+    a step, while its tenant is busy, goes into a line of its own; at the end of each loop
+    iteration in which nothing else became ready, the oldest one runs, and every one that
+    has waited ``max_wait`` runs at once. Callbacks without a context (I/O readiness,
+    timers, the selector's own) are never held back: the quiet tenant's sockets are read as
+    soon as they are ready.
+
+    This reads the loop's ready queue (``_ready``, CPython's since asyncio began): "nothing
+    else is ready" has no public form. tests/foundation/test_loop_turns.py checks the order
+    it gives, so a Python that changes it fails there.
+    """
+
+    def __init__(self, selector: Any = None) -> None:
+        super().__init__(selector)
+        #: Held steps, oldest first, each with the loop time by which it runs at the latest.
+        self._held: collections.deque[tuple[asyncio.Handle, float]] = collections.deque()
+        self._giving = False
+        #: Steps held since the loop began.
+        self.steps_held = 0
+
+    def call_soon(self, callback: Callable[[Unpack[_Args]], object], *args: *_Args,
+                  context: contextvars.Context | None = None) -> asyncio.Handle:
+        if context is not None:
+            serving = context.get(_serving)
+            if serving is not None and serving[0].busy(serving[1]):
+                return self._hold(callback, args, context, serving[0].max_wait)
+        return super().call_soon(callback, *args, context=context)
+
+    @property
+    def holding(self) -> int:
+        """Steps held now."""
+        return len(self._held)
+
+    def _hold(self, callback: Callable[..., object], args: tuple[Any, ...],
+              context: contextvars.Context, max_wait: float) -> asyncio.Handle:
+        self._check_closed()  # type: ignore[attr-defined]
+        handle = asyncio.Handle(callback, args, self, context)
+        self._held.append((handle, self.time() + max_wait))
+        self.steps_held += 1
+        if not self._giving:
+            self._giving = True
+            super().call_soon(self._give)
+        return handle
+
+    def _give(self) -> None:
+        """Once per loop iteration while steps are held: to the ready queue go the oldest
+        held step if nothing else is ready, and every held step that waited ``max_wait``."""
+        held = self._held
+        ready: collections.deque[asyncio.Handle] = self._ready  # type: ignore[attr-defined]
+        idle = not ready
+        now = self.time()
+        while held and (idle or held[0][1] <= now):
+            handle, _ = held.popleft()
+            if not handle.cancelled():
+                ready.append(handle)
+                idle = False  # one step per idle iteration
+        if held:
+            super().call_soon(self._give)
+        else:
+            self._giving = False
