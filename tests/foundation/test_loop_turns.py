@@ -25,9 +25,11 @@ from sep12.sep12_helpers import Wallet, kyc_doc
 # --- LoopTurns on an event loop --------------------------------------------------------
 
 
-def other_work(steps: int, step_seconds: float, log: list[str]) -> asyncio.Future[None]:
+def other_work(steps: int, step_seconds: float, log: list[str],
+               context: contextvars.Context | None = None) -> asyncio.Future[None]:
     """A chain of ``steps`` callbacks, each busy for ``step_seconds`` and scheduling the
-    next: the loop is never idle until the chain ends (the returned future)."""
+    next (in ``context``: another tenant's work): the loop is never idle until the chain
+    ends (the returned future)."""
     loop = asyncio.get_running_loop()
     done = loop.create_future()
 
@@ -36,13 +38,20 @@ def other_work(steps: int, step_seconds: float, log: list[str]) -> asyncio.Futur
         while time.perf_counter() < end:
             pass
         if left:
-            loop.call_soon(step, left - 1)
+            loop.call_soon(step, left - 1, context=context)
         else:
             log.append("other work done")
             done.set_result(None)
 
-    loop.call_soon(step, steps - 1)
+    loop.call_soon(step, steps - 1, context=context)
     return done
+
+
+def tenants_context(turns: LoopTurns, tenant_id: str) -> contextvars.Context:
+    """A context working for ``tenant_id`` (as a request's is), without a request counted."""
+    context = contextvars.copy_context()
+    context.run(turns.mark, tenant_id)
+    return context
 
 
 async def order_of_turn_and_work(turns: LoopTurns, steps: int) -> list[str]:
@@ -167,7 +176,7 @@ async def test_each_step_of_a_busy_tenants_task_waits_for_the_ready_work() -> No
     turns.started("busy")  # one request already in flight; the task below is the second
     log: list[str] = []
     held_before = this_loop().steps_held
-    chain = other_work(30, 0.001, log)
+    chain = other_work(30, 0.001, log, tenants_context(turns, "quiet"))
     await asyncio.gather(chain, asyncio.create_task(steps_of(turns, "busy", 3, log)))
     assert log == ["other work done", "busy", "busy", "busy"]
     assert this_loop().steps_held - held_before >= 3
@@ -179,16 +188,20 @@ async def test_a_tenant_below_the_mark_is_not_held_and_nor_is_work_of_no_tenant(
     turns.started("busy")  # 1 + the task's own = 2, below 3
     log: list[str] = []
     held_before = this_loop().steps_held
-    chain = other_work(30, 0.001, log)
+    chain = other_work(30, 0.001, log, tenants_context(turns, "other"))
+    await asyncio.gather(chain, asyncio.create_task(steps_of(turns, "busy", 3, log)))
+    assert log == ["busy", "busy", "busy", "other work done"]  # each step in its turn
+    chain = other_work(30, 0.001, log)  # work of no tenant is never held either
     await asyncio.gather(chain, asyncio.create_task(steps_of(turns, "quiet", 3, log)))
-    assert log == ["quiet", "quiet", "quiet", "other work done"]  # each step in its turn
-    assert this_loop().steps_held == held_before  # the chain (no tenant) was never held
+    assert log[4:] == ["quiet", "quiet", "quiet", "other work done"]
+    assert this_loop().steps_held == held_before
 
 
 async def test_a_held_step_runs_after_max_wait_when_the_loop_is_never_idle() -> None:
     turns = LoopTurns(busy_at=1, max_wait=0.05, loop_orders_steps=True)
     log: list[str] = []
-    chain = other_work(400, 0.001, log)  # ~0.4 s without an idle iteration
+    # ~0.4 s of another tenant's work without an idle iteration
+    chain = other_work(400, 0.001, log, tenants_context(turns, "quiet"))
     await asyncio.gather(chain, asyncio.create_task(steps_of(turns, "busy", 3, log)))
     # Three steps, each held up to 50 ms: all done while the other work still ran.
     assert log == ["busy", "busy", "busy", "other work done"]
@@ -203,7 +216,7 @@ async def test_a_done_callback_in_a_busy_tenants_context_is_held_too() -> None:
     loop = this_loop()
     answer = loop.create_future()
     answer.add_done_callback(lambda _: log.append("busy woke"), context=context)
-    chain = other_work(20, 0.001, log)
+    chain = other_work(20, 0.001, log, tenants_context(turns, "quiet"))
     answer.set_result(None)
     await chain
     await asyncio.sleep(0.01)
@@ -216,7 +229,7 @@ async def test_a_cancelled_held_step_never_runs_and_a_cancelled_task_still_ends(
     context.run(turns.started, "busy")
     loop = this_loop()
     log: list[str] = []
-    chain = other_work(20, 0.001, log)
+    chain = other_work(20, 0.001, log, tenants_context(turns, "quiet"))
     handle = loop.call_soon(log.append, "cancelled step ran", context=context)
     assert loop.holding == 1
     handle.cancel()
@@ -228,6 +241,31 @@ async def test_a_cancelled_held_step_never_runs_and_a_cancelled_task_still_ends(
     assert task.cancelled()
     assert "cancelled step ran" not in log
     assert loop.holding == 0
+
+
+async def test_a_busy_tenant_alone_on_the_loop_is_not_held_step_by_step() -> None:
+    """With no other tenant's step for ALONE_SECONDS, holding would only cost an
+    iteration per step: the held steps all go at the next iteration instead, even while
+    work of no tenant (here a chain that is always ready) keeps the loop from being idle."""
+    turns = LoopTurns(busy_at=1, max_wait=10.0, loop_orders_steps=True)
+    loop = this_loop()
+    iterations = 0
+    done = False
+
+    def count() -> None:  # one call per loop iteration, of no tenant
+        nonlocal iterations
+        iterations += 1
+        if not done:
+            loop.call_soon(count)
+
+    await asyncio.sleep(0.06)  # longer than ALONE_SECONDS since any other tenant's step
+    loop.call_soon(count)
+    log: list[str] = []
+    await asyncio.wait_for(asyncio.gather(
+        *(asyncio.create_task(steps_of(turns, "busy", 50, log)) for _ in range(10))), 5)
+    done = True
+    assert len(log) == 500
+    assert iterations < 150  # one step per iteration would be 500 (and 10 s each here)
 
 
 def test_the_loop_shuts_down_with_a_busy_tenants_task_still_held() -> None:

@@ -32,7 +32,9 @@ request on a connection that is about to close.
 
 Turn-taking (web/turns.py): on the public listener, a request for a tenant that already has
 many requests in flight waits for its turn once its headers are read, before it is routed;
-until then Tornado reads neither its body nor the connection's next request.
+until then Tornado reads neither its body nor the connection's next request. (On the
+server's own loop, ``TurnTakingLoop``, the connection is marked with its tenant there
+instead, and each of its steps from then on waits its turn.)
 """
 
 from __future__ import annotations
