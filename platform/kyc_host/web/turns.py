@@ -173,7 +173,8 @@ class TurnTakingLoop(asyncio.SelectorEventLoop):
     a socket is read as soon as it is ready, and the quiet tenant's steps run before any
     held one. When no step of a tenant that is not busy has come for ``ALONE_SECONDS``,
     the held steps all go at the next iteration (ordering them would cost a loop iteration
-    per step and help no one: about 10 % of a saturated process's throughput).
+    per step and help no one: about 10 % of the throughput of stellar.toml, the cheapest
+    route, with one tenant saturating the process).
 
     This reads the loop's ready queue (``_ready``, CPython's since asyncio began): "nothing
     else is ready" has no public form. tests/foundation/test_loop_turns.py checks the order
