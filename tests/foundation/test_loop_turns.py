@@ -185,13 +185,20 @@ async def test_each_step_of_a_busy_tenants_task_waits_for_the_ready_work() -> No
 
 async def test_a_tenant_below_the_mark_is_not_held_and_nor_is_work_of_no_tenant() -> None:
     turns = LoopTurns(busy_at=3, max_wait=10.0, loop_orders_steps=True)
-    turns.started("busy")  # 1 + the task's own = 2, below 3
+    # 1 + the task's own = 2, below 3 (counted elsewhere: this test's own task works for
+    # no tenant, nor do the tasks it starts until they say so)
+    contextvars.copy_context().run(turns.started, "busy")
     log: list[str] = []
     held_before = this_loop().steps_held
     chain = other_work(30, 0.001, log, tenants_context(turns, "other"))
     await asyncio.gather(chain, asyncio.create_task(steps_of(turns, "busy", 3, log)))
     assert log == ["busy", "busy", "busy", "other work done"]  # each step in its turn
-    chain = other_work(30, 0.001, log)  # work of no tenant is never held either
+    assert this_loop().steps_held == held_before
+    # Now "busy" is busy (3 in flight); work of no tenant and the quiet tenant's steps are
+    # still never held.
+    contextvars.copy_context().run(turns.started, "busy")
+    assert turns.busy("busy")
+    chain = other_work(30, 0.001, log)
     await asyncio.gather(chain, asyncio.create_task(steps_of(turns, "quiet", 3, log)))
     assert log[4:] == ["quiet", "quiet", "quiet", "other work done"]
     assert this_loop().steps_held == held_before
@@ -272,15 +279,20 @@ def test_the_loop_shuts_down_with_a_busy_tenants_task_still_held() -> None:
     """asyncio.Runner cancels what is left at the end (as ``kyc-host serve`` exits): a task
     held at that moment is cancelled and ends; closing the loop does not wait on it."""
     outcome: list[asyncio.Task[None]] = []
+    held_at_return: list[int] = []
 
     async def main() -> None:
         turns = LoopTurns(busy_at=1, max_wait=10.0, loop_orders_steps=True)
         outcome.append(asyncio.create_task(steps_of(turns, "busy", 10**9, [])))
         await asyncio.sleep(0.05)  # the task runs its steps when the loop is idle...
-        other_work(10, 0.001, [])  # ...and is held behind this when main returns
+        # ...and is held behind another tenant's work when main returns.
+        other_work(10, 0.001, [], tenants_context(turns, "quiet"))
+        await asyncio.sleep(0)
+        held_at_return.append(this_loop().holding)
 
     with asyncio.Runner(loop_factory=TurnTakingLoop) as runner:
         runner.run(main())
+    assert held_at_return == [1]
     assert outcome[0].cancelled()
 
 
