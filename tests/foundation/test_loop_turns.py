@@ -54,6 +54,13 @@ def tenants_context(turns: LoopTurns, tenant_id: str) -> contextvars.Context:
     return context
 
 
+def count_request(turns: LoopTurns, tenant_id: str) -> None:
+    """Count a request of ``tenant_id`` in flight, in a context of its own (as a request's
+    task is). Counted in the test's own context, the mark would make the test's own steps
+    and callbacks that tenant's: held by the server's loop while it is busy."""
+    contextvars.copy_context().run(turns.started, tenant_id)
+
+
 async def order_of_turn_and_work(turns: LoopTurns, steps: int) -> list[str]:
     """Queue ``steps`` ms of other work, then ask for a turn of the busy tenant "busy":
     what finished first."""
@@ -70,25 +77,25 @@ async def order_of_turn_and_work(turns: LoopTurns, steps: int) -> list[str]:
 async def test_a_busy_tenants_request_goes_after_the_work_that_is_ready() -> None:
     turns = LoopTurns(busy_at=2, max_wait=10.0)
     for _ in range(2):
-        turns.started("busy")
+        count_request(turns, "busy")
     assert await order_of_turn_and_work(turns, 30) == ["other work done", "busy tenant's turn"]
 
 
 async def test_a_tenant_below_the_mark_never_waits_and_nor_does_one_with_it_off() -> None:
     turns = LoopTurns(busy_at=3)
-    turns.started("quiet")
-    turns.started("quiet")
+    count_request(turns, "quiet")
+    count_request(turns, "quiet")
     assert turns.turn("quiet") is None
     assert turns.turn("nobody") is None
     off = LoopTurns(busy_at=0)
     for _ in range(100):
-        off.started("flood")
+        count_request(off, "flood")
     assert off.turn("flood") is None
 
 
 async def test_a_busy_tenant_is_slowed_not_starved_when_the_loop_is_never_idle() -> None:
     turns = LoopTurns(busy_at=1, max_wait=0.05)
-    turns.started("busy")
+    count_request(turns, "busy")
     # ~0.4 s without an idle iteration: the turn comes after 50 ms all the same.
     assert await order_of_turn_and_work(turns, 400) == ["busy tenant's turn", "other work done"]
 
@@ -97,9 +104,7 @@ async def test_every_request_that_waited_max_wait_goes_on_together() -> None:
     """With the loop never idle, the requests past ``max_wait`` are let through at once,
     not one per loop iteration (a line of 64 would otherwise wait 64 more iterations)."""
     turns = LoopTurns(busy_at=1, max_wait=0.05)
-    # Counted in a context of its own: marked with "busy", this test's own callbacks would
-    # be held by the server's loop (TurnTakingLoop) and reach the log out of order.
-    contextvars.copy_context().run(turns.started, "busy")
+    count_request(turns, "busy")
     log: list[str] = []
     loop = asyncio.get_running_loop()
 
@@ -124,8 +129,8 @@ async def test_every_request_that_waited_max_wait_goes_on_together() -> None:
 
 async def test_turns_are_given_oldest_first_and_the_count_follows_requests() -> None:
     turns = LoopTurns(busy_at=1)
-    turns.started("a")
-    turns.started("b")
+    count_request(turns, "a")
+    count_request(turns, "b")
     order: list[int] = []
     waiting = [turns.turn("a" if n % 2 else "b") for n in range(6)]
     for n, turn in enumerate(waiting):
@@ -175,7 +180,7 @@ async def steps_of(turns: LoopTurns, tenant_id: str, steps: int, log: list[str])
 
 async def test_each_step_of_a_busy_tenants_task_waits_for_the_ready_work() -> None:
     turns = LoopTurns(busy_at=2, max_wait=10.0, loop_orders_steps=True)
-    turns.started("busy")  # one request already in flight; the task below is the second
+    count_request(turns, "busy")  # one request already in flight; the task below is the second
     log: list[str] = []
     held_before = this_loop().steps_held
     chain = other_work(30, 0.001, log, tenants_context(turns, "quiet"))
@@ -189,7 +194,7 @@ async def test_a_tenant_below_the_mark_is_not_held_and_nor_is_work_of_no_tenant(
     turns = LoopTurns(busy_at=3, max_wait=10.0, loop_orders_steps=True)
     # 1 + the task's own = 2, below 3 (counted elsewhere: this test's own task works for
     # no tenant, nor do the tasks it starts until they say so)
-    contextvars.copy_context().run(turns.started, "busy")
+    count_request(turns, "busy")
     log: list[str] = []
     held_before = this_loop().steps_held
     chain = other_work(30, 0.001, log, tenants_context(turns, "other"))
@@ -198,7 +203,7 @@ async def test_a_tenant_below_the_mark_is_not_held_and_nor_is_work_of_no_tenant(
     assert this_loop().steps_held == held_before
     # Now "busy" is busy (3 in flight); work of no tenant and the quiet tenant's steps are
     # still never held.
-    contextvars.copy_context().run(turns.started, "busy")
+    count_request(turns, "busy")
     assert turns.busy("busy")
     chain = other_work(30, 0.001, log)
     await asyncio.gather(chain, asyncio.create_task(steps_of(turns, "quiet", 3, log)))
