@@ -440,12 +440,21 @@ def _supervise(settings: PlatformSettings, workers: int,
 
 async def _bounded(step: Awaitable[object], end: float, what: str) -> None:
     """Await a shutdown step until ``end`` (a ``time.monotonic()`` value, at least
-    MIN_STEP_SECONDS from now); past that, log and go on (the process is exiting: whatever
-    the step held is released with it)."""
+    MIN_STEP_SECONDS from now); past that, cancel it, log and go on (the process is exiting:
+    whatever the step held is released with it).
+
+    The step runs as a task of its own, and the wait for it is what is bounded: cancelling
+    a step does not end it if something inside swallows the cancellation (Tornado's serving
+    loop of a connection returns quietly when cancelled, so closing connections went on to
+    the next stuck one, and a timeout around the whole step fired once and never again)."""
     seconds = max(MIN_STEP_SECONDS, end - time.monotonic())
-    try:
-        async with asyncio.timeout(seconds):
-            await step
-    except TimeoutError:
-        log.warning("shutdown: %s did not finish within %.1f s; going on without it", what,
-                    seconds)
+    task = asyncio.ensure_future(step)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if task in done:
+        task.result()  # a step's own error is raised, as before
+        return
+    task.cancel()
+    # Whatever it ends with later is not an error to report ("never retrieved").
+    task.add_done_callback(lambda ended: ended.cancelled() or ended.exception())
+    log.warning("shutdown: %s did not finish within %.1f s; going on without it", what,
+                seconds)

@@ -268,12 +268,21 @@ class ServingHTTPServer(HTTPServer):
         return True
 
     async def close_all_connections(self) -> None:
-        """Close every connection (cutting what is left) and stop the header sweep."""
+        """Close every connection (cutting what is left) and stop the header sweep.
+
+        Every socket is closed first, then the connections' serving loops are awaited.
+        Tornado's own version closes one connection and waits for its serving loop before it
+        closes the next; a request whose handler is stuck before its body (a ``prepare``
+        waiting on the store) ends only with its handler, so every connection after it in
+        line stayed open past the caller's bound (Server.stop), and was left to the garbage
+        collector."""
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
             self._sweeper = None
+        for server_conn in list(self._connections):
+            server_conn.stream.close()
         await super().close_all_connections()
 
 
