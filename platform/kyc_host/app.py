@@ -13,6 +13,7 @@ import contextlib
 import gc
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -350,14 +351,20 @@ def run(settings: PlatformSettings, workers: int = 1) -> int:
     memory.tune_malloc()  # before any thread exists; inherited by the workers
     if workers <= 1:
         return _run_serving(serve(settings))
-    _share_metrics_between_workers()
-    asyncio.run(_prepare_store(settings))
-    probe = bind_listeners(settings, reuse_port=True)
-    if settings.public_listen.port and settings.admin_listen.port:
-        for sock in probe[0] + probe[1]:
-            sock.close()
-        return _supervise(settings, workers, None)
-    return _supervise(settings, workers, probe)
+    metrics_dir = _share_metrics_between_workers()
+    try:
+        asyncio.run(_prepare_store(settings))
+        probe = bind_listeners(settings, reuse_port=True)
+        if settings.public_listen.port and settings.admin_listen.port:
+            for sock in probe[0] + probe[1]:
+                sock.close()
+            return _supervise(settings, workers, None)
+        return _supervise(settings, workers, probe)
+    finally:
+        # Only the supervisor gets here (a worker ends with os._exit). A directory the
+        # operator named is theirs to wipe between runs (prometheus_client's rule).
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def _run_serving(main: Coroutine[Any, Any, int]) -> int:
@@ -366,8 +373,9 @@ def _run_serving(main: Coroutine[Any, Any, int]) -> int:
         return runner.run(main)
 
 
-def _share_metrics_between_workers() -> None:
-    """Switch prometheus_client to its multi-process mode before the workers fork.
+def _share_metrics_between_workers() -> str | None:
+    """Switch prometheus_client to its multi-process mode before the workers fork; returns
+    the directory it created for the samples (None if the operator set one).
 
     The value backend is chosen when prometheus_client is imported, which already happened;
     so after setting the directory we re-select it (the library's own selection function).
@@ -378,9 +386,11 @@ def _share_metrics_between_workers() -> None:
 
     from kyc_host.metrics import MULTIPROC_ENV
 
+    created: str | None = None
     if not os.environ.get(MULTIPROC_ENV):
-        os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="kyc-host-metrics-")
+        created = os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="kyc-host-metrics-")
     values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+    return created
 
 
 def _supervise(settings: PlatformSettings, workers: int,

@@ -94,13 +94,14 @@ class Workspace:
     def cli(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
         return run_cli(self.root, *args, timeout=timeout)
 
-    def serve(self, *flags: str) -> subprocess.Popen[bytes]:
+    def serve(self, *flags: str, **env: str) -> subprocess.Popen[bytes]:
         with (self.root / "serve.log").open("ab") as log:  # the child keeps its own copy
             return subprocess.Popen(
                 [sys.executable, "-m", "kyc_host", "serve", "--config", str(self.config),
                  "--public-listen", f"127.0.0.1:{self.public_port}",
                  "--admin-listen", f"127.0.0.1:{self.admin_port}", *flags],
-                cwd=self.root, env=clean_env(), stdout=log, stderr=subprocess.STDOUT)
+                cwd=self.root, env={**clean_env(), **env}, stdout=log,
+                stderr=subprocess.STDOUT)
 
     def log(self) -> str:
         path = self.root / "serve.log"
@@ -485,10 +486,14 @@ def test_workers_share_listeners_and_metrics(
     workspace: Workspace, processes: list[subprocess.Popen[bytes]]
 ) -> None:
     """--workers 2: two processes answer on the same ports, /metrics sums over both, and
-    SIGTERM stops every process with exit 0."""
-    server = workspace.serve("--workers", "2")
+    SIGTERM stops every process with exit 0, leaving no metrics directory behind."""
+    tmp = workspace.root / "tmp"
+    tmp.mkdir()
+    # (none named: the supervisor makes its own, in TMPDIR)
+    server = workspace.serve("--workers", "2", TMPDIR=str(tmp), PROMETHEUS_MULTIPROC_DIR="")
     processes.append(server)
     workspace.wait_ready(server)
+    assert [p.name.startswith("kyc-host-metrics-") for p in tmp.iterdir()] == [True]
     for _ in range(40):
         assert get(workspace.public_port, "demo.localhost", TOML).status == 200
     pids = set(re.findall(r"serving .*?\(backend \w+, pid (\d+)", workspace.log()))
@@ -503,3 +508,4 @@ def test_workers_share_listeners_and_metrics(
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(int(pid), 0)
+    assert list(tmp.iterdir()) == []  # the samples' directory went with the supervisor

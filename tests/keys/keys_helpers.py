@@ -39,26 +39,27 @@ async def snapshot(srv: RunningServer) -> Snapshot:
     out: Snapshot = {}
     if store.backend_name == "sqlite":
         db = _sqlite_path(srv)
-        copy_dir = Path(tempfile.mkdtemp(prefix="kyc-backup-"))
-        for part in db.parent.glob(db.name + "*"):
-            shutil.copy(part, copy_dir / part.name)  # the file and its -wal, as cp would
-        conn = sqlite3.connect(copy_dir / db.name)
-        try:
-            tables = [r[0] for r in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type='table' AND name LIKE 'c_%'")]
-            for table in tables:
-                # A large collection's rows keep their bytes in a column of their own.
-                has_data = any(col[1] == "data" for col in conn.execute(
-                    f"PRAGMA table_info({table})"))
-                data = "data" if has_data else "NULL"
-                for tenant, doc_id, doc, blob in conn.execute(
-                        f"SELECT tenant, id, doc, {data} FROM {table}"):  # noqa: S608 - own tables
-                    record = _decode(doc)
-                    if blob is not None:
-                        record["data"] = blob
-                    out.setdefault((tenant, table[2:]), {})[doc_id] = record
-        finally:
-            conn.close()
+        with tempfile.TemporaryDirectory(prefix="kyc-backup-") as copy:
+            copy_dir = Path(copy)
+            for part in db.parent.glob(db.name + "*"):
+                shutil.copy(part, copy_dir / part.name)  # the file and its -wal, as cp would
+            conn = sqlite3.connect(copy_dir / db.name)
+            try:
+                tables = [r[0] for r in conn.execute(
+                    "SELECT name FROM sqlite_master WHERE type='table' AND name LIKE 'c_%'")]
+                for table in tables:
+                    # A large collection's rows keep their bytes in a column of their own.
+                    has_data = any(col[1] == "data" for col in conn.execute(
+                        f"PRAGMA table_info({table})"))
+                    data = "data" if has_data else "NULL"
+                    for tenant, doc_id, doc, blob in conn.execute(
+                            f"SELECT tenant, id, doc, {data} FROM {table}"):  # noqa: S608 - own tables
+                        record = _decode(doc)
+                        if blob is not None:
+                            record["data"] = blob
+                        out.setdefault((tenant, table[2:]), {})[doc_id] = record
+            finally:
+                conn.close()
         return out
     assert isinstance(store, MongoStore)
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(store.url)
