@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from prometheus_client.multiprocess import mark_process_dead
 from tornado.httputil import split_host_and_port
 from tornado.netutil import Resolver, bind_sockets
 from tornado.web import Application
@@ -433,6 +434,8 @@ def _supervise(settings: PlatformSettings, workers: int,
     restarts = 0
     while children:
         pid, status = os.wait()
+        # Its gauges leave /metrics with it (the "live" modes, metrics.py); its counters stay.
+        mark_process_dead(pid)  # type: ignore[no-untyped-call]
         if pid not in children or stopping:
             children.pop(pid, None)
             continue

@@ -88,25 +88,27 @@ class Metrics:
             "kyc_callback_delivery_seconds",
             "Time from a status change (its event) to its successful delivery.",
             buckets=CALLBACK_LATENCY_BUCKETS, registry=registry)
-        # Every process reads the same outbox, so the processes' values agree: max, not sum.
+        # Every process reads the same outbox: the value is the one last seen by any of
+        # them (not a sum). "live": a worker that died no longer counts (the supervisor
+        # marks it dead), else its last value would stay in the result for good.
         self.callback_pending = Gauge(
             "kyc_callback_events_pending", "Callback and webhook events not yet delivered, "
             "dead-lettered or disabled, by tenant (as last seen by the worker).", ["tenant"],
-            multiprocess_mode="max", registry=registry)
+            multiprocess_mode="livemostrecent", registry=registry)
         self.loop_lag = Histogram(
             "kyc_event_loop_lag_seconds", "How late the event loop ran a periodic timer "
             "(a stall delays it by about the stall's length).", buckets=LOOP_LAG_BUCKETS,
             registry=registry)
         # Since the process started, never reset by a scrape (looplag.py says why); across
-        # workers the largest of them.
+        # workers the largest of the live ones.
         self.loop_lag_max = Gauge(
             "kyc_event_loop_lag_max_seconds", "Largest event-loop lag since the process "
-            "started.", multiprocess_mode="max", registry=registry)
+            "started.", multiprocess_mode="livemax", registry=registry)
         self.requests_shed = Counter(
             "kyc_requests_shed_total", "Public requests refused with 503 because the event "
             "loop was behind by more than overload_lag_seconds.", registry=registry)
         self.tenants = Gauge(
-            "kyc_tenants_loaded", "Tenants this process serves.", multiprocess_mode="max",
+            "kyc_tenants_loaded", "Tenants this process serves.", multiprocess_mode="livemax",
             registry=registry)
 
     def render(self) -> bytes:

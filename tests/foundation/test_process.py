@@ -466,6 +466,45 @@ def test_workers_end_when_their_supervisor_is_killed(
     assert workspace.log().count('"msg": "stopped"') == 2, workspace.log()
 
 
+def test_a_worker_that_dies_is_restarted_and_its_gauges_leave_metrics(
+    workspace: Workspace, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    """--workers 2 and one worker SIGKILLed: the supervisor starts another, and the dead
+    one's gauges (the "live" modes of metrics.py: tenants loaded, callbacks pending, largest
+    loop lag) are dropped from /metrics, so its last values do not stay there for good; its
+    counters stay (requests it answered were answered)."""
+    tmp = workspace.root / "tmp"
+    tmp.mkdir()
+    server = workspace.serve("--workers", "2", TMPDIR=str(tmp), PROMETHEUS_MULTIPROC_DIR="")
+    processes.append(server)
+    workspace.wait_ready(server)
+    end = time.monotonic() + START_DEADLINE
+    while workspace.log().count('"msg": "serving ') < 2 and time.monotonic() < end:
+        time.sleep(0.05)
+    workers = children_of(server.pid)
+    assert len(workers) == 2, workspace.log()
+    [samples] = tmp.iterdir()
+    dead = workers[0]
+    end = time.monotonic() + 10
+    while not list(samples.glob(f"gauge_live*_{dead}.db")) and time.monotonic() < end:
+        time.sleep(0.05)
+    assert list(samples.glob(f"gauge_live*_{dead}.db")), sorted(p.name for p in samples.iterdir())
+    os.kill(dead, signal.SIGKILL)
+    end = time.monotonic() + START_DEADLINE
+    while (len(now := children_of(server.pid)) < 2 or dead in now) and time.monotonic() < end:
+        time.sleep(0.05)
+    assert len(now) == 2, workspace.log()
+    assert dead not in now, workspace.log()
+    assert "restarting" in workspace.log()
+    assert list(samples.glob(f"gauge_live*_{dead}.db")) == []
+    assert list(samples.glob(f"counter_{dead}.db"))
+    workspace.wait_ready(server)
+    metrics = get(workspace.admin_port, "localhost", "/metrics").body.decode()
+    assert "kyc_tenants_loaded 1.0" in metrics, metrics
+    server.send_signal(signal.SIGTERM)
+    assert server.wait(30) == 0
+
+
 def children_of(pid: int) -> list[int]:
     try:
         return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
