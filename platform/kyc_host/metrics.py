@@ -70,9 +70,10 @@ class Metrics:
             "kyc_upload_paced_seconds", "Time uploads were held back by their tenant's "
             "upload_bytes_per_second, by tenant.", ["tenant"], registry=registry)
         self.busy_tenant_turns = Counter(
-            "kyc_busy_tenant_turns_total", "Requests of a tenant with busy_tenant_requests or "
-            "more in flight in this process that let other tenants' ready work go first "
-            "(web/turns.py), by tenant.", ["tenant"], registry=registry)
+            "kyc_busy_tenant_turns_total", "Requests of a busy tenant (busy_tenant_requests "
+            "or more in flight in this process, and more than twice the other tenants' "
+            "average) that let other tenants' ready work go first (web/turns.py), by "
+            "tenant.", ["tenant"], registry=registry)
         self.upload_admission_wait = Counter(
             "kyc_upload_admission_wait_seconds", "Time uploads waited for their turn in their "
             "tenant's upload_bytes_per_second before their body was read, by tenant.",

@@ -293,8 +293,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Shed load: public requests get 503 + Retry-After while this process's event loop "
             "is this many seconds behind (0: never shed)."),
     Setting("busy_tenant_requests", _count(1, 100_000, zero=True), 16,
-            "A tenant with this many requests in flight in one process is busy: its further "
-            "requests let other tenants' ready work go first (0: never)."),
+            "A tenant with this many requests in flight in one process, and more than "
+            "twice the average of the other tenants with requests in flight, is busy: its "
+            "further requests let other tenants' ready work go first (0: never)."),
     Setting("dev_static_hosts", _parse_static_hosts, [],
             "Dev mode only: \"name=IP:PORT\" entries; outbound fetches of https://name/ "
             "(client_domain's stellar.toml) go to IP:PORT over plain HTTP (local stand-ins)."),

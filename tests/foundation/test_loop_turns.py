@@ -1,7 +1,8 @@
 """Turn-taking on the event loop (web/turns.py, reliability-plan L4 "noisy neighbour").
 
-A tenant with ``busy_tenant_requests`` or more requests in flight in a process is busy; its
-next requests let every other ready piece of work go first, and are still served. The unit
+A tenant with ``busy_tenant_requests`` or more requests in flight in a process, and more than
+twice the average of the other tenants with requests in flight, is busy; its next requests
+let every other ready piece of work go first, and are still served. The unit
 tests drive :class:`LoopTurns` on a real event loop with other work queued, and
 :class:`TurnTakingLoop` (the loop every test here runs on, as the server does) with steps of
 a busy tenant's tasks; the HTTP tests hold a tenant's requests in a hanging plugin hook on a
@@ -15,6 +16,8 @@ import contextvars
 import sys
 import time
 from pathlib import Path
+
+from tornado.httpclient import AsyncHTTPClient
 
 from conftest import MakeServer, RunningServer
 from foundation.test_metrics import sample
@@ -129,8 +132,10 @@ async def test_every_request_that_waited_max_wait_goes_on_together() -> None:
 
 async def test_turns_are_given_oldest_first_and_the_count_follows_requests() -> None:
     turns = LoopTurns(busy_at=1)
-    count_request(turns, "a")
-    count_request(turns, "b")
+    for tenant_id in ("a", "a", "a", "b", "b", "b", "c", "d", "e", "f"):
+        count_request(turns, tenant_id)
+    assert turns.busy("a")  # 3, against 7 / 5 = 1.4 for the others
+    assert turns.busy("b")
     order: list[int] = []
     waiting = [turns.turn("a" if n % 2 else "b") for n in range(6)]
     for n, turn in enumerate(waiting):
@@ -138,10 +143,56 @@ async def test_turns_are_given_oldest_first_and_the_count_follows_requests() -> 
         turn.add_done_callback(lambda _, n=n: order.append(n))
     await asyncio.gather(*waiting)  # type: ignore[arg-type]
     assert order == list(range(6))
-    turns.ended("a")
-    turns.ended("b")
+    for tenant_id in ("a", "a", "a", "b", "b", "b", "c", "d", "e", "f"):
+        turns.ended(tenant_id)
     assert (turns.in_flight("a"), turns.in_flight("b")) == (0, 0)
     assert turns.turn("a") is None
+
+
+def test_busy_is_relative_to_the_other_tenants_in_flight() -> None:
+    """From ``busy_at``, a tenant is busy only with more than BUSY_SHARE (2) times the
+    average in flight of the other tenants that have any: tenants under like loads never
+    hold each other back, and one alone is busy from ``busy_at``."""
+    turns = LoopTurns(busy_at=4)
+
+    def to(tenant_id: str, count: int) -> None:
+        while turns.in_flight(tenant_id) < count:
+            turns.started(tenant_id)
+        while turns.in_flight(tenant_id) > count:
+            turns.ended(tenant_id)
+
+    def busy() -> set[str]:
+        return {t for t in ("a", "b", "c", "d") if turns.busy(t)}
+
+    context = contextvars.copy_context()  # started() marks the context it runs in
+    context.run(to, "a", 3)
+    assert context.run(busy) == set()  # below busy_at, alone
+    context.run(to, "a", 4)
+    assert context.run(busy) == {"a"}  # at busy_at, alone
+    context.run(to, "b", 4)
+    assert context.run(busy) == set()  # two alike: neither
+    context.run(to, "a", 50)
+    context.run(to, "b", 25)
+    assert context.run(busy) == set()  # exactly twice the other: not more
+    context.run(to, "a", 51)
+    assert context.run(busy) == {"a"}
+    context.run(to, "b", 3)
+    assert context.run(busy) == {"a"}  # the other below busy_at, however near
+    # Among more tenants, against their average: a 20, b 20, c 1, d 1.
+    context.run(to, "a", 20)
+    context.run(to, "b", 20)
+    context.run(to, "c", 1)
+    context.run(to, "d", 1)
+    assert context.run(busy) == {"a", "b"}  # 20 > 2 * 22 / 3
+    context.run(to, "d", 30)
+    assert context.run(busy) == {"d"}  # 30 > 2 * 41 / 3; a and b no longer: 20 < 2 * 51 / 3
+    context.run(to, "d", 28)
+    context.run(to, "c", 0)
+    assert context.run(busy) == set()  # 28 against 20: not more than twice
+    context.run(to, "b", 0)
+    context.run(to, "a", 0)
+    assert context.run(busy) == {"d"}  # alone again
+    assert LoopTurns(busy_at=0).busy("d") is False
 
 
 async def test_take_turn_waits_only_inside_a_busy_tenants_request() -> None:
@@ -312,10 +363,11 @@ def hung() -> list[asyncio.Task[None]]:
     return [] if module is None else [task for task in module.ENTERED if not task.done()]
 
 
-async def hold(srv: RunningServer, count: int) -> list[asyncio.Future[object]]:
-    """``count`` GET /customer of tenant t1, each inside its hanging hook."""
+async def hold(srv: RunningServer, count: int, host: str = "a.test",
+               tenant_id: str = "t1") -> list[asyncio.Future[object]]:
+    """``count`` GET /customer of a tenant (t1), each inside its hanging hook."""
     before = len(hung())
-    held = [asyncio.ensure_future(Wallet(srv, "a.test", "t1").get()) for _ in range(count)]
+    held = [asyncio.ensure_future(Wallet(srv, host, tenant_id).get()) for _ in range(count)]
     for _ in range(3000):
         if len(hung()) == before + count:
             break
@@ -369,6 +421,40 @@ async def test_a_busy_tenants_requests_wait_their_turn_and_are_served(
         await release(held)
     assert srv.services.turns.in_flight("t1") == 0  # every request that ended was counted out
     assert srv.services.turns.in_flight("t2") == 0
+
+
+async def test_two_tenants_with_like_loads_never_wait_for_each_other(
+        make_server: MakeServer, tmp_path: Path) -> None:
+    """Both over busy_tenant_requests, neither with more than twice the other's requests in
+    flight: no request waits and no step is held; one with more than twice is busy."""
+    srv = await make_server(
+        kyc_doc("t1", ["a.test"], plugin="hanging", limits={"hook_timeout_seconds": 30}),
+        kyc_doc("t2", ["b.test"], plugin="hanging", limits={"hook_timeout_seconds": 30}),
+        plugins_dir=plugins_dir(tmp_path), busy_tenant_requests=3)
+    srv.client.close()  # 10 requests at a time: too few for the 13 held here and those beside
+    srv.client = AsyncHTTPClient(force_instance=True, max_clients=40)
+    loop = this_loop()
+    held: list[asyncio.Future[object]] = []
+    try:
+        held += await hold(srv, 4)  # t1 alone: its 4th request waited
+        held += await hold(srv, 4, "b.test", "t2")
+        held_before = loop.steps_held
+        t1_turns = await turns_taken(srv, "t1")
+        held += await hold(srv, 3)  # t1 at 7, and 8 with each request below, against 4
+        assert (await srv.fetch("a.test", "/.well-known/stellar.toml")).code == 200
+        assert (await srv.fetch("b.test", "/.well-known/stellar.toml")).code == 200
+        assert await turns_taken(srv, "t1") == t1_turns
+        assert await turns_taken(srv, "t2") == 0
+        assert loop.steps_held == held_before
+        held += await hold(srv, 2)  # 9, then 10 against 4: busy, and its next request waits
+        assert (await srv.fetch("a.test", "/.well-known/stellar.toml")).code == 200
+        assert await turns_taken(srv, "t1") == t1_turns + 1
+        assert loop.steps_held > held_before
+        assert (await srv.fetch("b.test", "/.well-known/stellar.toml")).code == 200
+        assert await turns_taken(srv, "t2") == 0
+    finally:
+        await release(held)
+    assert srv.services.turns.in_flight("t1") == srv.services.turns.in_flight("t2") == 0
 
 
 async def test_with_turns_off_no_request_waits(make_server: MakeServer, tmp_path: Path) -> None:

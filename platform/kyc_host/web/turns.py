@@ -8,7 +8,11 @@ in front of every other tenant's, and a quiet tenant's p95 went up by half while
 had CPU to spare (the noisy-neighbour benchmark, BENCHMARKS.md).
 
 :class:`LoopTurns` counts each tenant's requests in flight in this process. A tenant with
-``busy_at`` or more of them is *busy*, and a request of a busy tenant waits for a turn at
+``busy_at`` or more of them, and more than ``BUSY_SHARE`` times as many as the other tenants
+with requests in flight have on average, is *busy*. So tenants under like loads (two
+anchors' wallets at the process's knee) never hold each other back: that only spread both
+tenants' latencies (longer p99s, BENCHMARKS.md). A tenant alone with requests in flight is
+busy from ``busy_at``. A request of a busy tenant waits for a turn at
 the two moments its work re-enters the loop in bulk: once its headers are read (before
 anything else is done for it: web/serving.py), and when it comes back from a long wait (for
 a plugin worker, an outbound fetch, its upload's bandwidth turn: :func:`take_turn`). A turn
@@ -45,6 +49,9 @@ from typing import Any, TypeVarTuple, Unpack
 #: Requests of one tenant in flight in one process from which it is busy (a setting:
 #: ``busy_tenant_requests``).
 DEFAULT_BUSY_AT = 16
+#: A tenant at that count or over is busy only with more than this many times the average
+#: in flight of the other tenants that have any.
+BUSY_SHARE = 2
 #: The longest a request waits for its turn (a loop that is never idle still serves it).
 MAX_WAIT_SECONDS = 0.05
 #: A busy tenant whose steps have been the only tenant's steps on the loop for this long is
@@ -82,6 +89,8 @@ class LoopTurns:
         #: ``max_wait``): a turn is then counted but not waited for here.
         self.loop_orders_steps = loop_orders_steps
         self._inflight: collections.Counter[str] = collections.Counter()
+        #: Sum of ``_inflight``.
+        self._total = 0
         self._line: collections.deque[_Waiter] = collections.deque()
         self._giver: asyncio.Task[None] | None = None
 
@@ -89,6 +98,7 @@ class LoopTurns:
         """A request of ``tenant_id`` is being served (until :meth:`ended`), in the
         current context: :func:`take_turn` in it knows its tenant."""
         self._inflight[tenant_id] += 1
+        self._total += 1
         _serving.set((self, tenant_id))
 
     def mark(self, tenant_id: str) -> None:
@@ -99,6 +109,7 @@ class LoopTurns:
 
     def ended(self, tenant_id: str) -> None:
         left = self._inflight[tenant_id] - 1
+        self._total -= 1
         if left > 0:
             self._inflight[tenant_id] = left
         else:
@@ -108,7 +119,13 @@ class LoopTurns:
         return self._inflight.get(tenant_id, 0)
 
     def busy(self, tenant_id: str) -> bool:
-        return bool(self.busy_at) and self._inflight.get(tenant_id, 0) >= self.busy_at
+        """``busy_at`` or more requests in flight, and more than ``BUSY_SHARE`` times the
+        average of the other tenants with requests in flight (if there are any)."""
+        mine = self._inflight.get(tenant_id, 0)
+        if not self.busy_at or mine < self.busy_at:
+            return False
+        others = len(self._inflight) - 1  # tenants with requests in flight, this one aside
+        return not others or mine * others > BUSY_SHARE * (self._total - mine)
 
     def turn(self, tenant_id: str) -> asyncio.Future[None] | None:
         """None if a request of ``tenant_id`` may go on now (the tenant is not busy), else
