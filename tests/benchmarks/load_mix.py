@@ -714,8 +714,11 @@ def outbox_figures(metrics: dict[str, list[tuple[dict[str, str], float]]]) -> di
     bound = next((le for le, v in buckets if count and v >= 0.99 * count), None)
     delivered = sum(v for labels, v in metrics.get("kyc_callback_events_total", [])
                     if labels.get("outcome") == "delivered")
+    # Requests of a busy tenant that let the other go first (web/turns.py), since the start.
+    busy_turns = {labels.get("tenant", ""): int(v)
+                  for labels, v in metrics.get("kyc_busy_tenant_turns_total", [])}
     return {"pending": int(pending), "delivered": int(delivered),
-            "delivery_p99_le_s": bound, "delivery_count": int(count)}
+            "delivery_p99_le_s": bound, "delivery_count": int(count), "busy_turns": busy_turns}
 
 
 async def scrape(mix: Mix) -> dict[str, Any]:
@@ -801,6 +804,7 @@ async def baseline(bench: Bench, opts: argparse.Namespace) -> dict[str, Any]:
     figures["server_before"], figures["server_after"] = before, server_sample(bench.server,
                                                                                bench.probe)
     figures["verdicts"] = latency_verdicts(figures, opts.rate)
+    figures["busy_turns"] = (await scrape(bench.mix)).get("busy_turns")
     return figures
 
 
@@ -1157,6 +1161,9 @@ def print_report(report: dict[str, Any]) -> None:
             say(figures["note"])
         print_phase(figures)
         print_verdicts(figures["verdicts"])
+        if mode == "baseline":
+            say(f"requests of a busy tenant that let the other go first (set-up included): "
+                f"{figures['busy_turns']}")
     if mode == "soak":
         print_soak(figures)
     say(f"flows: {report['flows']}; server errors logged: {report['server_errors_logged']}")
