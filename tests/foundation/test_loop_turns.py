@@ -440,13 +440,15 @@ async def test_two_tenants_with_like_loads_never_wait_for_each_other(
         held += await hold(srv, 4, "b.test", "t2")
         held_before = loop.steps_held
         t1_turns = await turns_taken(srv, "t1")
-        held += await hold(srv, 3)  # t1 at 7, and 8 with each request below, against 4
+        # A request's turn is asked for once its headers are read, before it is counted;
+        # its steps after that, with it counted.
+        held += await hold(srv, 3)  # t1 7 (8 with the request below) against t2's 4
         assert (await srv.fetch("a.test", "/.well-known/stellar.toml")).code == 200
         assert (await srv.fetch("b.test", "/.well-known/stellar.toml")).code == 200
         assert await turns_taken(srv, "t1") == t1_turns
         assert await turns_taken(srv, "t2") == 0
         assert loop.steps_held == held_before
-        held += await hold(srv, 2)  # 9, then 10 against 4: busy, and its next request waits
+        held += await hold(srv, 2)  # t1 9 against 4: busy, and its next request waits
         assert (await srv.fetch("a.test", "/.well-known/stellar.toml")).code == 200
         assert await turns_taken(srv, "t1") == t1_turns + 1
         assert loop.steps_held > held_before
