@@ -1,12 +1,14 @@
 """The C allocator's settings (kyc_host/memory.py): two glibc arenas however many threads
-allocate, unless the environment says otherwise. Each case runs in a fresh interpreter,
-since the settings are per process and must come before its threads."""
+allocate, and big buffers reused once freed instead of faulted in again, unless the
+environment says otherwise. Each case runs in a fresh interpreter, since the settings are
+per process and must come before its threads."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+MIB = 1024 * 1024
 
 pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc")
 
@@ -67,13 +70,49 @@ def test_glibc_defaults_give_each_thread_an_arena() -> None:
     assert plain["heaps"] == min(9, 8 * (os.cpu_count() or 1))
 
 
+MMAP = {"MALLOC_MMAP_THRESHOLD_": 32 * MIB}
+TRIM = {"MALLOC_TRIM_THRESHOLD_": 64 * MIB}
+
+
 def test_tune_malloc_keeps_every_thread_on_two_arenas() -> None:
-    assert heaps("tune") == {
-        "applied": {"MALLOC_ARENA_MAX": 2, "MALLOC_MMAP_THRESHOLD_": 262144}, "heaps": 2}
+    assert heaps("tune") == {"applied": {"MALLOC_ARENA_MAX": 2, **MMAP, **TRIM}, "heaps": 2}
 
 
 def test_the_environment_overrides_each_setting() -> None:
-    assert heaps("tune", MALLOC_ARENA_MAX="4") == {
-        "applied": {"MALLOC_MMAP_THRESHOLD_": 262144}, "heaps": 4}
+    assert heaps("tune", MALLOC_ARENA_MAX="4") == {"applied": {**MMAP, **TRIM}, "heaps": 4}
     assert heaps("tune", MALLOC_MMAP_THRESHOLD_="131072") == {
-        "applied": {"MALLOC_ARENA_MAX": 2}, "heaps": 2}
+        "applied": {"MALLOC_ARENA_MAX": 2, **TRIM}, "heaps": 2}
+    assert heaps("tune", MALLOC_TRIM_THRESHOLD_="131072") == {
+        "applied": {"MALLOC_ARENA_MAX": 2, **MMAP}, "heaps": 2}
+
+
+#: Buffers the size of an upload's (3 MiB, written to, as a body or a copy of one is) made
+#: and freed one after another, while the process counts its page faults.
+FAULTS = r"""
+import json, resource, sys
+from kyc_host.memory import tune_malloc
+
+tune_malloc()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(40):
+    buffer = b"x" * (3 << 20)
+    del buffer
+print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before))
+"""
+
+
+def faults(**env: str) -> int:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    result = subprocess.run(
+        [sys.executable, "-c", FAULTS], capture_output=True, text=True, timeout=60,
+        check=True, env={**clean, "PYTHONPATH": str(ROOT / "platform"), **env})
+    return int(json.loads(result.stdout))
+
+
+def test_a_freed_big_buffer_is_reused_not_faulted_in_again() -> None:
+    pages = (3 << 20) // resource.getpagesize()
+    # Tuned: the first buffer's pages are faulted in, later ones reuse them.
+    assert faults() < 3 * pages
+    # The control, this module's earlier setting (a 256 KiB mmap threshold, so each buffer
+    # is mapped, faulted in page by page and unmapped): every buffer faults all its pages.
+    assert faults(MALLOC_MMAP_THRESHOLD_="262144") >= 40 * pages

@@ -182,7 +182,8 @@ def test_serves_demo_and_picks_up_a_tenant_applied_while_running(
     assert frozen is not None, workspace.log()
     assert int(frozen.group(1)) > 10_000
     # glibc's malloc set to two arenas at start-up (kyc_host/memory.py), said once serving.
-    assert "frozen, C allocator MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=262144)" in (
+    assert ("frozen, C allocator MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=33554432 "
+            "MALLOC_TRIM_THRESHOLD_=67108864)") in (
         workspace.log())
 
     demo = get(workspace.public_port, "demo.localhost", TOML)
