@@ -51,8 +51,8 @@ _SPECS = (
     # Callback and webhook events (_id = event id, so relaying twice inserts once) and the
     # claims on their delivery attempts (_id = "<event id>:<attempt>": the unique insert is
     # what makes an attempt exclusive across processes). See kyc_host/callbacks/.
-    # (Indexes end in a range/sort field: SQLite's planner ignores an expression index
-    # used for equality only and scans the tenant's rows instead.)
+    # (Indexes end in a range/sort field, from before the SQLite store wrote planner
+    # statistics: without them its planner ignored an index used for equality only.)
     CollectionSpec("outbox", "tenant", (Index(("state", "due_at")),
                                         Index(("state", "updated_at")),
                                         Index(("customer_id", "created_at")),
