@@ -305,3 +305,23 @@ def test_sqlite_chunks_reports_both_layouts(tmp_path: Path) -> None:
     blob, _, text = report["results"]
     # The layouts differ as designed: base64 text takes a third more room than the bytes.
     assert blob["db_bytes_per_chunk"] < text["db_bytes_per_chunk"]
+
+
+def test_sqlite_plans_reports_both_plans_of_each_query(tmp_path: Path) -> None:
+    out = tmp_path / "plans.json"
+    result = subprocess.run(
+        [sys.executable, str(HERE / "sqlite_plans.py"), "--rows", "300", "--repeat", "2",
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(out.read_text())
+    counted, found = report["results"]
+    assert counted["statement"].startswith("SELECT COUNT(*) FROM c_identities WHERE tenant = 't1'")
+    assert "customer_id" in found["statement"]
+    for query in (counted, found):
+        # With the store's statistics the planner searches an index; on the copy without
+        # them, the tenant's rows through the primary key.
+        assert "USING INDEX c_identities_i_" in query["with_statistics"]["plan"]
+        assert "PRIMARY KEY (tenant=?)" in query["without"]["plan"]
+        positive(query["with_statistics"], "ms_per_query")
+        positive(query["without"], "ms_per_query")
