@@ -131,9 +131,13 @@ async def _trickle_until_cut(port: int, head: bytes, body: bytes) -> tuple[bool,
                 await writer.drain()
             except BROKEN:
                 return True, b""
-            with contextlib.suppress(TimeoutError):
+            try:
                 answer = await asyncio.wait_for(reader.read(65536), 0.2)
-                return answer == b"", answer
+            except TimeoutError:
+                continue
+            except BROKEN:  # reset: the server cut it before the client's next write failed
+                return True, b""
+            return answer == b"", answer
         return False, b""
 
 
