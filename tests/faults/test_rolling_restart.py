@@ -46,7 +46,7 @@ from typing import Any
 
 import pytest
 from stellar_sdk import Keypair
-from tornado.httpclient import AsyncHTTPClient
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from conftest import RunningServer, make_tenant_doc
 from faults.deploy import Deployment, connect
@@ -102,6 +102,7 @@ class LoadBalancer:
         self._server: asyncio.Server | None = None
         self._poller: asyncio.Task[None] | None = None
         self._pipes: set[asyncio.Task[Any]] = set()
+        self._closing = asyncio.Event()
         self.port = 0
 
     async def start(self) -> None:
@@ -111,14 +112,19 @@ class LoadBalancer:
 
     async def close(self) -> None:
         if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
+            # Not cancelled: a check cancelled mid-fetch leaves Tornado's connection open
+            # (its client's close does not close connections in flight). A check ends
+            # within its 1 s request timeout.
+            self._closing.set()
+            await self._poller
         if self._server is not None:
             self._server.close()
-        for task in list(self._pipes):
-            task.cancel()
-        await asyncio.gather(*self._pipes, return_exceptions=True)
+            # A connection accepted just before starts its pipe a few loop iterations later.
+            await asyncio.sleep(0.1)
+        while self._pipes:
+            for task in list(self._pipes):
+                task.cancel()
+            await asyncio.gather(*self._pipes, return_exceptions=True)
 
     async def _poll(self) -> None:
         """Active health check: /readyz 200 -> healthy; any other answer or error -> not."""
@@ -129,13 +135,14 @@ class LoadBalancer:
                 reply = await client.fetch(f"http://127.0.0.1:{upstream.admin_port}/readyz",
                                            raise_error=False, request_timeout=1.0)
                 upstream.healthy = reply.code == 200
-            except OSError:
+            except (OSError, HTTPClientError):  # refused, reset, or the 1 s timeout
                 upstream.healthy = False
 
         try:
-            while True:
+            while not self._closing.is_set():
                 await asyncio.gather(*(check(u) for u in self.upstreams))
-                await asyncio.sleep(POLL_SECONDS)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), POLL_SECONDS)
         finally:
             client.close()
 
@@ -163,7 +170,6 @@ class LoadBalancer:
             routed = await self._connect()
             if routed is None:
                 self.unroutable += 1
-                writer.close()
                 return
             upstream, up_reader, up_writer = routed
             # Counted in the phase in which the replica's first byte comes back.
@@ -171,6 +177,11 @@ class LoadBalancer:
                                  _pump(up_reader, writer,
                                        lambda: upstream.served.update([self.phase])))
         finally:
+            # The client's connection is closed whatever ended the pipe: no replica, the
+            # pumps (which close it too), or the balancer's close cancelling it mid-connect
+            # (asyncio does not close it for us, and the garbage collector's close is a
+            # ResourceWarning in whichever test happens to be running then).
+            writer.close()
             self._pipes.discard(task)
 
 
