@@ -18,6 +18,10 @@ waits about one iteration, and the probe waits with it; web/base.py refuses publ
 with 503 + ``Retry-After`` while it exceeds ``overload_lag_seconds``, which costs far less
 than serving them, so the backlog drains instead of growing into client timeouts.
 
+Turn-taking (web/turns.py): on the server's ``TurnTakingLoop`` each tick also adds the steps
+of busy tenants' work the loop held back since the last tick to ``kyc_loop_steps_held_total``
+(counted from :meth:`LoopLagProbe.start`: the loop's own count runs from its start).
+
 Resolution: a stall of ``s`` seconds delays the next probe by between ``s - interval`` and
 ``s``, so with the default 0.1 s interval a stall over 0.2 s always shows above the 0.1 s
 bucket. Cost: one timer callback per interval (~10 a second), no task, no thread.
@@ -29,6 +33,7 @@ import asyncio
 import logging
 
 from kyc_host.metrics import Metrics
+from kyc_host.web.turns import TurnTakingLoop
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +58,8 @@ class LoopLagProbe:
         self._handle: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._due = 0.0
+        #: The loop's ``steps_held`` last added to the counter (TurnTakingLoop only).
+        self._held_seen = 0
 
     @property
     def running(self) -> bool:
@@ -61,7 +68,10 @@ class LoopLagProbe:
     def start(self) -> None:
         if self._handle is not None:
             return
-        self._schedule(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        if isinstance(loop, TurnTakingLoop):
+            self._held_seen = loop.steps_held
+        self._schedule(loop)
 
     def stop(self) -> None:
         if self._handle is not None:
@@ -89,4 +99,7 @@ class LoopLagProbe:
             self.metrics.loop_lag_max.set(lag)
         if lag > LOG_ABOVE_SECONDS:
             log.warning("event loop stalled for about %.3f s", lag)
+        if isinstance(loop, TurnTakingLoop) and loop.steps_held != self._held_seen:
+            self.metrics.steps_held.inc(loop.steps_held - self._held_seen)
+            self._held_seen = loop.steps_held
         self._schedule(loop)

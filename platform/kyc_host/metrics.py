@@ -74,6 +74,10 @@ class Metrics:
             "or more in flight in this process, and more than twice the other tenants' "
             "average) that let other tenants' ready work go first (web/turns.py), by "
             "tenant.", ["tenant"], registry=registry)
+        self.steps_held = Counter(
+            "kyc_loop_steps_held_total", "Steps of busy tenants' work (a task's next step, a "
+            "future's callbacks) the event loop held back until other ready work had run "
+            "(web/turns.py); counted every event-loop lag probe (0.1 s).", registry=registry)
         self.upload_admission_wait = Counter(
             "kyc_upload_admission_wait_seconds", "Time uploads waited for their turn in their "
             "tenant's upload_bytes_per_second before their body was read, by tenant.",

@@ -388,6 +388,15 @@ async def turns_taken(srv: RunningServer, tenant: str) -> float:
     return sample(metrics, "kyc_busy_tenant_turns_total", tenant=tenant)
 
 
+async def held_counts(srv: RunningServer) -> tuple[int, float]:
+    """The loop's count of held steps and the server's ``kyc_loop_steps_held_total``, read
+    once the lag probe that adds the one to the other has ticked (every 0.1 s)."""
+    await asyncio.sleep(0.35)
+    steps = this_loop().steps_held
+    metrics = (await srv.fetch("localhost", "/metrics", admin=True)).body.decode()
+    return steps, sample(metrics, "kyc_loop_steps_held_total")
+
+
 async def test_a_busy_tenants_requests_wait_their_turn_and_are_served(
         make_server: MakeServer, tmp_path: Path) -> None:
     srv = await make_server(
@@ -407,6 +416,7 @@ async def test_a_busy_tenants_requests_wait_their_turn_and_are_served(
         loop = this_loop()
         assert srv.services.turns.loop_orders_steps
         held_before = loop.steps_held
+        steps_before, counted_before = await held_counts(srv)
         for _ in range(3):
             replies = await asyncio.gather(*[Wallet(srv, "b.test", "t2").get()
                                              for _ in range(2)])
@@ -417,6 +427,10 @@ async def test_a_busy_tenants_requests_wait_their_turn_and_are_served(
         assert (await srv.fetch("a.test", "/.well-known/stellar.toml")).code == 200
         assert await turns_taken(srv, "t1") == 2
         assert loop.steps_held > held_before
+        # /metrics counts every held step.
+        steps, counted = await held_counts(srv)
+        assert steps > steps_before
+        assert counted - counted_before == steps - steps_before
     finally:
         await release(held)
     assert srv.services.turns.in_flight("t1") == 0  # every request that ended was counted out
