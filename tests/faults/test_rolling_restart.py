@@ -67,9 +67,15 @@ REQUESTS_PER_CONNECTION = 20
 READ_TIMEOUT = 30.0
 #: F9 / target table: exit within 25 s of SIGTERM (below the 30 s Kubernetes default).
 EXIT_BOUND = 25.0
-#: Load before the first SIGTERM, and after the last restart (for every client connection
-#: to be renewed a few times: REQUESTS_PER_CONNECTION at RATE / number of clients).
+#: Load before the first SIGTERM, and at least this long after the last restart.
 SETTLE_SECONDS = 3.0
+#: How long one client connection lives at the paced rate (4 s): REQUESTS_PER_CONNECTION at
+#: RATE over all the clients. After the last restart every client is on the replica restarted
+#: first (the other one's drain moved them there), so the load goes on until connections
+#: renewed after the restart have reached both replicas, for at most two lifetimes beyond
+#: SETTLE_SECONDS. (A fixed 3 s was shorter than a lifetime: when both restarts took under
+#: 2 s, no connection was renewed in it and neither replica counted one "after".)
+CONNECTION_SECONDS = REQUESTS_PER_CONNECTION / (RATE / (2 * CLIENTS_PER_TENANT))
 #: The balancer's active health check interval.
 POLL_SECONDS = 0.2
 EXPECTED = {"PUT": 202, "GET": 200, "TOML": 200}
@@ -371,6 +377,18 @@ async def _rolling_restart(replicas: list[Deployment],
     return exits
 
 
+async def _settle_after(balancer: LoadBalancer) -> None:
+    """SETTLE_SECONDS of load, then until every replica has answered a connection opened
+    after the last restart (or two connection lifetimes have passed: the test then fails on
+    the ``served`` counts)."""
+    await asyncio.sleep(SETTLE_SECONDS)
+    end = time.monotonic() + 2 * CONNECTION_SECONDS
+    while time.monotonic() < end:
+        if all(u.served["after"] for u in balancer.upstreams):
+            return
+        await asyncio.sleep(0.05)
+
+
 async def _check_store(srv: RunningServer, puts: list[Put]) -> None:
     """Every acknowledged PUT, read back over the admin API (a tenant token per tenant)."""
     tokens = {t: (await create_token(srv.services.store, tenant_id=t,
@@ -421,7 +439,7 @@ async def test_rolling_restart_of_two_replicas_under_load_fails_no_request(
                 balancer.phase = "during"
                 exits = await _rolling_restart(replicas, balancer)
                 balancer.phase = "after"
-                await asyncio.sleep(SETTLE_SECONDS)
+                await _settle_after(balancer)
             finally:
                 stop.set()
                 await asyncio.gather(*tasks)
