@@ -51,6 +51,23 @@ from kyc_host.store.schema import COLLECTIONS, spec_for
 
 _TIMEOUT_MS = 4000  # every operation fails within this, so a 503 comes well inside 5 s
 
+#: Server error codes that say the store could not do the operation *now*, not that the
+#: operation was wrong: a client's retry after ``Retry-After`` can succeed, so they answer 503
+#: like an unreachable store. MongoDB's retryable codes (not-primary, shutting down, host or
+#: network trouble, time limit), its lock and write conflicts, and InternalError: the server
+#: failed inside (FerretDB reports its SQLite engine's failures so; one surfaced in CI as a
+#: 500 on the first write after a store freeze ended).
+_TRANSIENT_CODES = frozenset({
+    1,  # InternalError
+    6, 7, 89, 9001,  # HostUnreachable, HostNotFound, NetworkTimeout, SocketException
+    24, 112,  # LockTimeout, WriteConflict
+    91, 11600, 11602,  # ShutdownInProgress, InterruptedAtShutdown, ...DueToReplStateChange
+    189, 10107, 13435, 13436,  # PrimarySteppedDown, NotWritablePrimary, NotPrimary...
+    134, 262,  # ReadConcernMajorityNotAvailableYet, ExceededTimeLimit
+})
+#: Error labels a server puts on failures worth retrying.
+_TRANSIENT_LABELS = ("RetryableWriteError", "TransientTransactionError")
+
 
 def _query(flt: Filter) -> dict[str, Any]:
     query: dict[str, Any] = {}
@@ -120,7 +137,12 @@ class _Errors:
             # InternalError (code 1) quoting SQLite, not as code 11000.
             if "UNIQUE constraint failed" in str(exc):
                 raise DuplicateKeyError("unique index violated") from None
-            raise StoreError(f"mongodb operation failed: code {exc.code}") from None
+            # The code and its name only: a server's message can quote the values of a
+            # document, and this text reaches the log.
+            name = (exc.details or {}).get("codeName") or "no code name"
+            if exc.code in _TRANSIENT_CODES or any(map(exc.has_error_label, _TRANSIENT_LABELS)):
+                raise StoreUnavailable(f"mongodb: code {exc.code} ({name})") from None
+            raise StoreError(f"mongodb operation failed: code {exc.code} ({name})") from None
 
 
 _errors = _Errors()
