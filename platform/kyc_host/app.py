@@ -35,6 +35,7 @@ from kyc_host.hooks.isolation import close_pools
 from kyc_host.looplag import LoopLagProbe
 from kyc_host.net import SafeHttpClient
 from kyc_host.procs import die_with_parent
+from kyc_host.ratelimit.budget import UploadBudget
 from kyc_host.retention.purge import PurgeLoop
 from kyc_host.services import Services
 from kyc_host.settings import PlatformSettings
@@ -133,6 +134,7 @@ async def build_services(
                             dev_mode=settings.dev_mode, resolver=resolver,
                             static_hosts={name: (ip, port)
                                           for name, ip, port in settings.dev_static_hosts}))
+    services.upload_budget = UploadBudget(settings.upload_bytes_in_flight)
     waited = services.metrics.busy_tenant_turns
     services.turns = LoopTurns(settings.busy_tenant_requests,
                                on_wait=lambda tenant_id: waited.labels(tenant_id).inc(),

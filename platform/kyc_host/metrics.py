@@ -82,6 +82,18 @@ class Metrics:
             "kyc_upload_admission_wait_seconds", "Time uploads waited for their turn in their "
             "tenant's upload_bytes_per_second before their body was read, by tenant.",
             ["tenant"], registry=registry)
+        self.upload_budget_wait = Counter(
+            "kyc_upload_memory_wait_seconds", "Time uploads waited for room in their "
+            "process's upload_bytes_in_flight before their body was read, by tenant.",
+            ["tenant"], registry=registry)
+        self.upload_budget_refused = Counter(
+            "kyc_upload_memory_refused_total", "Uploads answered 503 because no room in "
+            "their process's upload_bytes_in_flight came in time, by tenant.", ["tenant"],
+            registry=registry)
+        self.upload_bytes_in_flight = Gauge(
+            "kyc_upload_bytes_in_flight", "Upload body bytes held now (declared lengths of "
+            "uploads being received or processed); across workers the sum of the live ones.",
+            multiprocess_mode="livesum", registry=registry)
         self.rate_limited = Counter(
             "kyc_rate_limited", "Requests refused with 429 by a tenant limit, by limit name.",
             ["tenant", "limit"], registry=registry)

@@ -16,6 +16,7 @@ from kyc_host.looplag import LoopLagProbe
 from kyc_host.management.auth import TokenCache
 from kyc_host.metrics import Metrics
 from kyc_host.net import HorizonClient, SafeHttpClient
+from kyc_host.ratelimit.budget import UploadBudget
 from kyc_host.ratelimit.limiter import RateLimiter
 from kyc_host.ratelimit.pacing import UploadPacers
 from kyc_host.sep.sep10_tokens import VerifiedTokens
@@ -78,6 +79,9 @@ class Services:
     limiter: RateLimiter = field(default_factory=RateLimiter)
     #: Per-tenant upload bandwidth buckets and waiting lines (ratelimit/pacing.py).
     upload_pacers: UploadPacers = field(default_factory=UploadPacers)
+    #: The upload bytes this process holds at once (ratelimit/budget.py); build_services
+    #: sets its limit from ``upload_bytes_in_flight``.
+    upload_budget: UploadBudget = field(default_factory=lambda: UploadBudget(0))
     #: Key jobs (rotate-kek, reindex) started through the management API in this process.
     key_jobs: KeyJobs = field(default_factory=KeyJobs)
     draining: bool = False

@@ -74,6 +74,9 @@ class PlatformSettings:
     # A tenant with this many requests in flight in one process lets the other tenants'
     # ready work go first (web/turns.py); 0 disables it.
     busy_tenant_requests: int = 16
+    # Upload body bytes one process holds at once, all tenants (ratelimit/budget.py); 0: no
+    # bound.
+    upload_bytes_in_flight: int = 256 * 1024 * 1024
     # Dev mode only: host names the outbound client sends to a local address instead of
     # resolving them (net/safe_http.py static_hosts), as (name, ip, port).
     dev_static_hosts: tuple[tuple[str, str, int], ...] = ()
@@ -296,6 +299,10 @@ SETTINGS: tuple[Setting, ...] = (
             "A tenant with this many requests in flight in one process, and more than "
             "twice the average of the other tenants with requests in flight, is busy: its "
             "further requests let other tenants' ready work go first (0: never)."),
+    Setting("upload_bytes_in_flight", _count(1024 * 1024, 1 << 40, zero=True),
+            256 * 1024 * 1024,
+            "Upload body bytes (declared lengths) one process holds at once, all tenants; "
+            "further uploads wait unread, fairly across tenants, then get 503 (0: no bound)."),
     Setting("dev_static_hosts", _parse_static_hosts, [],
             "Dev mode only: \"name=IP:PORT\" entries; outbound fetches of https://name/ "
             "(client_domain's stellar.toml) go to IP:PORT over plain HTTP (local stand-ins)."),

@@ -39,6 +39,7 @@ def test_defaults() -> None:
     assert settings.dev_mode is False
     assert settings.log_level == "INFO"
     assert settings.busy_tenant_requests == 16
+    assert settings.upload_bytes_in_flight == 256 * 1024 * 1024
     assert settings.source == "defaults"
 
 
@@ -113,6 +114,9 @@ def test_unknown_key_names_file_key_and_value(tmp_path: Path) -> None:
     ("busy_tenant_requests", "2.5", "2.5"),
     ("busy_tenant_requests", '"many"', "'many'"),
     ("busy_tenant_requests", "false", "False"),
+    ("upload_bytes_in_flight", "1000", "1000"),  # below 1 MiB: a typo, not a bound
+    ("upload_bytes_in_flight", '"256MiB"', "'256MiB'"),
+    ("upload_bytes_in_flight", "-1", "-1"),
     ("serve_tenants", "[]", "[]"),
     ("serve_tenants", '["Acme"]', "'Acme'"),
     ("serve_tenants", '["a.b"]', "'a.b'"),
@@ -173,6 +177,13 @@ def test_busy_tenant_requests_from_env_and_off() -> None:
                          ).busy_tenant_requests == 64
     assert load_settings(None, environ={"KYC_HOST_BUSY_TENANT_REQUESTS": "0"}
                          ).busy_tenant_requests == 0
+
+
+def test_upload_bytes_in_flight_from_env_and_off() -> None:
+    assert load_settings(None, environ={"KYC_HOST_UPLOAD_BYTES_IN_FLIGHT": "1048576"}
+                         ).upload_bytes_in_flight == 1048576
+    assert load_settings(None, environ={"KYC_HOST_UPLOAD_BYTES_IN_FLIGHT": "0"}
+                         ).upload_bytes_in_flight == 0
 
 
 def test_serve_tenants_from_file_env_and_flag(tmp_path: Path) -> None:

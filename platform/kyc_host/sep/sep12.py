@@ -65,6 +65,8 @@ class Sep12Handler(BaseHandler):
     #: Methods whose bodies are uploads, metered by ``limits.upload_bytes_per_second``.
     paced_methods: frozenset[str] = frozenset()
     _admitted = 0  # declared bytes of this request still queued in its tenant's share
+    _held = 0  # bytes this request holds of the process's upload memory (ratelimit/budget.py)
+    _body_taken = False  # the handler method has the body: it is in memory until the answer
 
     def body_limit(self) -> int:
         """The most body bytes this request may carry (endpoints without files: 64 KiB)."""
@@ -102,22 +104,42 @@ class Sep12Handler(BaseHandler):
         return None
 
     async def _admit_upload(self) -> None:
-        """Queue this upload's declared length in its tenant's bandwidth share, waiting for
-        its turn if need be, before any byte is read; 429 if its turn does not come within
-        half the body timeout (ratelimit/pacing.py). Called after the rate limits."""
+        """Before any byte of the body is read: queue this upload's declared length in its
+        tenant's bandwidth share (429 if its turn does not come within half the body
+        timeout: ratelimit/pacing.py), then hold it in the process's upload memory (503 if
+        that does not come within what is left of the half: ratelimit/budget.py). Called
+        after the rate limits."""
         length = self.request.headers.get("Content-Length", "")
         declared = int(length) if length.isdigit() else 0  # BodyBuffer refused the others
-        pacer = self.services.upload_pacers.of(self.tenant)
-        waited = time.monotonic()
+        services, tenant_id = self.services, self.tenant.id
+        max_wait = services.settings.body_timeout_seconds / 2
+        started = time.monotonic()
         try:
-            await pacer.admit(declared, self.services.settings.body_timeout_seconds / 2,
-                              self._stop_waiting)
+            await services.upload_pacers.of(self.tenant).admit(declared, max_wait,
+                                                               self._stop_waiting)
         finally:
-            waited = time.monotonic() - waited
+            waited = time.monotonic() - started
             if waited > 0.001:
-                self.services.metrics.upload_admission_wait.labels(self.tenant.id).inc(waited)
+                services.metrics.upload_admission_wait.labels(tenant_id).inc(waited)
         self._admitted = declared
+        # A chunked body may grow to the endpoint's limit: that much is held for it.
+        await self._hold_memory(declared or self.body_limit(), max_wait - waited)
         await take_turn()  # a busy tenant's uploads, admitted, read their bodies after others
+
+    async def _hold_memory(self, size: int, max_wait: float) -> None:
+        services, tenant_id = self.services, self.tenant.id
+        started = time.monotonic()
+        try:
+            self._held = await services.upload_budget.reserve(tenant_id, size, max_wait,
+                                                              self._stop_waiting)
+        except ServiceUnavailable:
+            services.metrics.upload_budget_refused.labels(tenant_id).inc()
+            raise
+        finally:
+            waited = time.monotonic() - started
+            if waited > 0.001:
+                services.metrics.upload_budget_wait.labels(tenant_id).inc(waited)
+        services.metrics.upload_bytes_in_flight.set(services.upload_budget.held)
 
     def _stop_waiting(self) -> ApiError | None:
         """Why an upload waiting for its turn should stop waiting, if it should. Tornado does
@@ -135,12 +157,22 @@ class Sep12Handler(BaseHandler):
             self.services.upload_pacers.of(self.tenant).release(self._admitted)
             self._admitted = 0
 
+    def _release_memory(self) -> None:
+        if self._held:
+            budget = self.services.upload_budget
+            budget.release(self.tenant.id, self._held)
+            self._held = 0
+            self.services.metrics.upload_bytes_in_flight.set(budget.held)
+
     def on_finish(self) -> None:
         self._release_upload()
+        self._release_memory()
         super().on_finish()
 
     def on_connection_close(self) -> None:
         self._release_upload()
+        if not self._body_taken:  # else the body is in use until the answer (on_finish)
+            self._release_memory()
         super().on_connection_close()
 
     def _pace(self, size: int) -> Awaitable[None] | None:
@@ -163,6 +195,7 @@ class Sep12Handler(BaseHandler):
         A large one is put together and parsed on a file thread: a 10 MiB multipart body
         held the event loop 20-30 ms, and every tenant's requests with it (the
         noisy-neighbour benchmark, BENCHMARKS.md)."""
+        self._body_taken = True
         content_type = self.request.headers.get("Content-Type")
         buffer = self._buffer
         if buffer is None:
