@@ -18,8 +18,8 @@ import pytest
 
 from conftest import MakeServer, RunningServer
 from hooks.hooks_helpers import plugins_dir
-from kyc_host.errors import ApiError, BadRequest, ServiceUnavailable
-from kyc_host.ratelimit.budget import RETRY_AFTER_SECONDS, UploadBudget
+from kyc_host.errors import ApiError, BadRequest
+from kyc_host.ratelimit.budget import RETRY_AFTER_SECONDS, NoRoom, UploadBudget
 from kyc_host.ratelimit.pacing import CHECK_SECONDS, MAX_WAITING, SMALL_BYTES
 from limits.test_upload_pacing import (
     Clock,
@@ -101,7 +101,7 @@ async def test_no_room_in_time_is_a_503_holding_nothing_and_the_line_moves_on() 
     big = await started(budget.reserve("t2", 800 * KIB, 2.0))
     behind = await started(budget.reserve("t3", 100 * KIB, 30.0))  # fits, but is behind big
     clock.now += 2.5
-    with pytest.raises(ServiceUnavailable) as refused:
+    with pytest.raises(NoRoom) as refused:
         await asyncio.wait_for(big, CHECK_SECONDS + 1.0)
     assert refused.value.headers == {"Retry-After": str(RETRY_AFTER_SECONDS)}
     assert "upload_bytes_in_flight = 1024000 bytes" in refused.value.message
@@ -139,7 +139,7 @@ async def test_a_tenant_with_its_line_full_is_refused_at_once_and_the_other_stil
     budget = UploadBudget(100 * MIB)
     await budget.reserve("t1", 100 * MIB, 1.0)
     line = [await started(budget.reserve("t1", 100 * KIB, 30.0)) for _ in range(MAX_WAITING)]
-    with pytest.raises(ServiceUnavailable):
+    with pytest.raises(NoRoom):
         await asyncio.wait_for(budget.reserve("t1", 100 * KIB, 30.0), 0.5)
     other = await started(budget.reserve("t2", 100 * KIB, 30.0))
     assert budget.waiting == MAX_WAITING + 1
@@ -236,6 +236,36 @@ async def test_an_upload_finding_no_room_in_time_gets_503_and_nothing_is_stored(
     await eventually(lambda: budget.held == 0, "t1's bytes given back")
     again = await t2.put_multipart(photo_parts(png_of_size(600 * KIB)))
     assert again.status == 202, again.body
+
+
+async def test_a_waiting_upload_whose_client_left_or_whose_server_stops_leaves_the_line(
+        make_server: MakeServer) -> None:
+    srv = await memory_server(make_server, body_timeout_seconds=60.0)  # 30 s of waiting
+    budget = srv.services.upload_budget
+    token = Wallet(srv, "a.test", "t1").token
+    holder = await raw_upload(srv, "a.test", token, 900 * KIB)
+    await eventually(lambda: budget.held_by("t1") == 900 * KIB, "t1's upload held")
+    leaving = await raw_upload(srv, "b.test", Wallet(srv, "b.test", "t2").token, 600 * KIB)
+    await eventually(lambda: budget.waiting_of("t2") == 1, "t2's upload waiting")
+    leaving[1].close()
+    await eventually(lambda: budget.waiting == 0, "the upload whose client left gone",
+                     seconds=5.0)  # long before its 30 s
+    reader, writer = await raw_upload(srv, "b.test", Wallet(srv, "b.test", "t2").token,
+                                      600 * KIB, expect=True)
+    await eventually(lambda: budget.waiting_of("t2") == 1, "another upload waiting")
+    stop = asyncio.ensure_future(srv.server.stop(3.0))
+    answer = await asyncio.wait_for(reader.read(4096), 10.0)
+    assert answer.startswith(b"HTTP/1.1 503"), answer
+    assert b"Retry-After: 1" in answer  # the drain's answer, not a full line's
+    assert b"100 (Continue)" not in answer
+    assert budget.waiting == 0
+    assert budget.held_by("t2") == 0
+    assert srv.services.metrics.registry.get_sample_value(
+        "kyc_upload_memory_refused_total", {"tenant": "t2"}) is None  # not a lack of room
+    writer.close()
+    holder[1].close()
+    await asyncio.wait_for(stop, 15.0)
+    assert budget.held == 0
 
 
 async def test_refused_and_answered_uploads_give_their_bytes_back(

@@ -38,6 +38,10 @@ SETTING = "upload_bytes_in_flight"
 RETRY_AFTER_SECONDS = 5
 
 
+class NoRoom(ServiceUnavailable):
+    """No room for an upload in its process's ``upload_bytes_in_flight`` came in time."""
+
+
 class _Waiter:
     __slots__ = ("granted", "order", "size", "tenant_id", "woken")
 
@@ -76,7 +80,7 @@ class UploadBudget:
         """Hold ``size`` bytes for an upload of ``tenant_id``; returns what it must give back
         with :meth:`release` (0 for a small body or without a limit). Waits its turn for at
         most ``max_wait`` seconds, asking ``give_up`` every :data:`CHECK_SECONDS`; raises
-        ServiceUnavailable, holding nothing, when its turn does not come."""
+        :class:`NoRoom` (a 503), holding nothing, when its turn does not come."""
         if not self.limit or size <= SMALL_BYTES:
             return 0
         if not self._line and self._fits(size):
@@ -147,7 +151,7 @@ class UploadBudget:
         busy = set(self._held_by) | {w.tenant_id for w in self._line}
         self._let_in_at = {t: o for t, o in self._let_in_at.items() if t in busy}
 
-    def _refusal(self) -> ServiceUnavailable:
-        return ServiceUnavailable(
+    def _refusal(self) -> NoRoom:
+        return NoRoom(
             f"this server is receiving as many uploads as it can hold ({SETTING} = "
             f"{self.limit} bytes); retry later", retry_after=RETRY_AFTER_SECONDS)

@@ -32,6 +32,7 @@ from tornado.web import stream_request_body
 
 from kyc_host.errors import ApiError, BadRequest, ServiceUnavailable
 from kyc_host.ratelimit import web as limits
+from kyc_host.ratelimit.budget import NoRoom
 from kyc_host.sep import sep9
 from kyc_host.sep.sep10_tokens import Identity, bearer_token, verify_token
 from kyc_host.sep.sep12_body import (
@@ -132,7 +133,7 @@ class Sep12Handler(BaseHandler):
         try:
             self._held = await services.upload_budget.reserve(tenant_id, size, max_wait,
                                                               self._stop_waiting)
-        except ServiceUnavailable:
+        except NoRoom:
             services.metrics.upload_budget_refused.labels(tenant_id).inc()
             raise
         finally:
