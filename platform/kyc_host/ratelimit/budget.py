@@ -1,7 +1,8 @@
 """The upload bytes one process holds at once (platform setting ``upload_bytes_in_flight``).
 
 An upload's body is held in memory from the first byte read until its request is answered:
-received, put together, parsed, sealed and written (two to three copies at the peak). Each
+received, put together, parsed, sealed and written (about two copies at the peak: under the
+L2 stress a process held its baseline plus twice this bound, BENCHMARKS.md). Each
 tenant's ``upload_bytes_per_second`` (ratelimit/pacing.py) bounds what *that tenant* has
 coming, but not the sum over tenants, nor a tenant whose operator raised its rate: without a
 process-wide bound, memory grew with connections x body size (2 GiB in the L2 stress run
