@@ -70,13 +70,34 @@ async def test_the_tenant_holding_least_goes_first_then_the_one_let_in_longest_a
     await asyncio.wait_for(t1_next[0], 0.5)
     assert (budget.held_by("t1"), budget.held_by("t2")) == (500 * KIB, 500 * KIB)
     assert not t1_next[1].done()
-    # t2 releases: t1's next fits; its last waits for the one before it.
+    # t2 releases, but t1 already holds its half of the bound: its next ones wait for it.
     budget.release("t2", 500 * KIB)
+    await asyncio.sleep(0.05)
+    assert not t1_next[1].done()
+    budget.release("t1", 500 * KIB)
     await asyncio.wait_for(t1_next[1], 0.5)
     assert not t1_next[2].done()
     budget.release("t1", 500 * KIB)
     await asyncio.wait_for(t1_next[2], 0.5)
-    assert (budget.waiting, budget.held) == (0, 1000 * KIB)
+    assert (budget.waiting, budget.held) == (0, 500 * KIB)
+
+
+async def test_no_tenant_holds_more_than_half_so_another_finds_room_at_once() -> None:
+    """t1's uploads trickle in (their bytes stay held): it gets half the bound, and t2's
+    upload is let in at once, ahead of t1's waiting ones."""
+    budget = UploadBudget(1000 * KIB)
+    for _ in range(5):
+        await budget.reserve("t1", 100 * KIB, 1.0)
+    t1_more = await started(budget.reserve("t1", 100 * KIB, 30.0))
+    assert (budget.held_by("t1"), budget.waiting) == (500 * KIB, 1)
+    assert await asyncio.wait_for(budget.reserve("t2", 400 * KIB, 30.0), 0.5) == 400 * KIB
+    assert not t1_more.done()  # room is left (100 KiB), but not in t1's share
+    # One upload of a tenant holding nothing may be larger than the share.
+    budget.release("t2", 400 * KIB)
+    assert await asyncio.wait_for(budget.reserve("t3", 500 * KIB, 30.0), 0.5) == 500 * KIB
+    budget.release("t1", 100 * KIB)
+    await asyncio.wait_for(t1_more, 0.5)
+    assert (budget.held_by("t1"), budget.held) == (500 * KIB, 1000 * KIB)
 
 
 async def test_the_next_upload_is_not_passed_by_a_smaller_one_and_a_huge_one_runs_alone() -> None:
@@ -283,7 +304,8 @@ async def test_refused_and_answered_uploads_give_their_bytes_back(
     upload = await wallet.upload(png_of_size(300 * KIB))
     assert upload.status in (200, 201), upload.body
     assert budget.held == 0
-    # Five uploads of 300 KiB at once through 1 MiB: three at a time, every one stored.
+    # Five uploads of 300 KiB at once, one tenant's: its half of 1 MiB holds one at a time;
+    # every one is stored.
     wallets = [Wallet(srv, "b.test", "t2") for _ in range(5)]
     replies = await asyncio.gather(*(w.put_multipart(photo_parts(png_of_size(300 * KIB)))
                                      for w in wallets))

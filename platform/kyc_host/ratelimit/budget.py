@@ -15,8 +15,13 @@ not fit waits, its body unread in the client's socket buffers (as in the pacer's
 the waiting uploads are let in fairly across tenants: the next is one of the tenant holding
 the fewest bytes, among equals the tenant let in longest ago, and within a tenant the one
 that came first. So a tenant with many uploads waiting cannot keep another tenant's single
-upload behind its line. An upload that is larger than the whole budget starts when nothing
-else is held (it could never fit otherwise). An upload whose turn does not come within its
+upload behind its line. And no tenant holds more than half the bound (one upload of a tenant
+holding nothing may be larger): bodies that arrive slowly hold their bytes until they end or
+the body timeout cuts them, so without that share one tenant's slow uploads (a wallet
+trickling bodies on purpose) could keep every other tenant's uploads waiting. With the
+default pacing a tenant cannot reach the share anyway (4 MiB/s x 30 s of admitted bytes).
+An upload that is larger than the whole budget starts when nothing else is held (it could
+never fit otherwise). An upload whose turn does not come within its
 wait (the handler gives the pacer's half of the body timeout, minus the time it waited
 there), or beyond :data:`MAX_WAITING` of its tenant waiting, is answered 503 with
 ``Retry-After``: the server, not the client, is short.
@@ -84,7 +89,7 @@ class UploadBudget:
         :class:`NoRoom` (a 503), holding nothing, when its turn does not come."""
         if not self.limit or size <= SMALL_BYTES:
             return 0
-        if not self._line and self._fits(size):
+        if not self._line and self._fits(tenant_id, size):
             self._let_in(tenant_id, size, next(self._orders))
             return size
         if self.waiting_of(tenant_id) >= MAX_WAITING:
@@ -124,8 +129,14 @@ class UploadBudget:
             del self._held_by[tenant_id]
         self._grant()
 
-    def _fits(self, size: int) -> bool:
-        return self.held == 0 or self.held + size <= self.limit
+    def _fits(self, tenant_id: str, size: int) -> bool:
+        return self._within_share(tenant_id, size) and (
+            self.held == 0 or self.held + size <= self.limit)
+
+    def _within_share(self, tenant_id: str, size: int) -> bool:
+        """A tenant holds at most half the bound (more only with one upload alone)."""
+        held = self._held_by[tenant_id]
+        return held == 0 or held + size <= self.limit // 2
 
     def _let_in(self, tenant_id: str, size: int, order: int) -> None:
         self.held += size
@@ -136,12 +147,15 @@ class UploadBudget:
 
     def _grant(self) -> None:
         """Let in the next waiting uploads while the next one fits (the next one only: a
-        smaller one behind it does not pass it, or a large upload would never start)."""
-        while self._line:
-            nxt = min(self._line, key=lambda w: (self._held_by[w.tenant_id],
-                                                  self._let_in_at.get(w.tenant_id, -1),
-                                                  w.order))
-            if not self._fits(nxt.size):
+        smaller one behind it does not pass it, or a large upload would never start).
+        Uploads of a tenant holding its half are passed over until it gives some back."""
+        while True:
+            eligible = [w for w in self._line if self._within_share(w.tenant_id, w.size)]
+            if not eligible:
+                return
+            nxt = min(eligible, key=lambda w: (self._held_by[w.tenant_id],
+                                               self._let_in_at.get(w.tenant_id, -1), w.order))
+            if not self._fits(nxt.tenant_id, nxt.size):
                 return
             self._line.remove(nxt)
             self._let_in(nxt.tenant_id, nxt.size, next(self._orders))
