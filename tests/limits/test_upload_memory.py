@@ -239,6 +239,27 @@ async def open_upload(srv: RunningServer, host: str, token: str, body: bytes,
     return reader, writer
 
 
+async def test_one_tenants_trickling_uploads_cannot_keep_the_other_tenants_out(
+        make_server: MakeServer) -> None:
+    srv = await memory_server(make_server)
+    budget = srv.services.upload_budget
+    token = Wallet(srv, "a.test", "t1").token
+    # t1's wallets declare uploads and send their bodies a byte now and then (they would
+    # hold their bytes until the body timeout): t1 gets its half of the 1 MiB, no more.
+    trickling = [await raw_upload(srv, "a.test", token, 200 * KIB, body=b"-")
+                 for _ in range(4)]
+    await eventually(lambda: budget.held_by("t1") == 400 * KIB
+                     and budget.waiting_of("t1") == 2, "t1 at its share, two waiting")
+    t2 = Wallet(srv, "b.test", "t2")
+    reply = await asyncio.wait_for(t2.put_multipart(photo_parts(png_of_size(450 * KIB))), 10.0)
+    assert reply.status == 202, reply.body
+    assert (await t2.get()).json["id"] == reply.json["id"]
+    assert (await by_tenant(srv, "kyc_upload_memory_wait_seconds_total")).get("t2", 0.0) == 0.0
+    for _, writer in trickling:
+        writer.close()
+    await eventually(lambda: budget.held == 0 and budget.waiting == 0, "all given back")
+
+
 async def test_an_upload_finding_no_room_in_time_gets_503_and_nothing_is_stored(
         make_server: MakeServer) -> None:
     srv = await memory_server(make_server, body_timeout_seconds=4.0)  # 2 s of waiting
