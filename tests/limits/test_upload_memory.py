@@ -60,26 +60,22 @@ async def test_uploads_are_held_while_they_fit_and_small_bodies_never() -> None:
 async def test_the_tenant_holding_least_goes_first_then_the_one_let_in_longest_ago() -> None:
     budget = UploadBudget(1000 * KIB)
     await budget.reserve("t1", 900 * KIB, 1.0)
-    t1_next = [await started(budget.reserve("t1", 500 * KIB, 5.0)) for _ in range(3)]
-    t2_only = await started(budget.reserve("t2", 500 * KIB, 5.0))
-    assert (budget.waiting, budget.held) == (4, 900 * KIB)
-    # t1's upload ends: both hold nothing now, and t2 was never let in, so t2's upload goes
-    # before t1's three that came first; then t1's first (t1 now holds least) fits beside it.
+    t1_next = [await started(budget.reserve("t1", 600 * KIB, 5.0)) for _ in range(2)]
+    t2_only = await started(budget.reserve("t2", 600 * KIB, 5.0))
+    assert (budget.waiting, budget.held) == (3, 900 * KIB)
+    # t1's upload ends: room for one of them. Both tenants hold nothing now, and t2 was
+    # never let in, so t2's upload goes before the two t1 uploads that came first.
     budget.release("t1", 900 * KIB)
     await asyncio.wait_for(t2_only, 0.5)
-    await asyncio.wait_for(t1_next[0], 0.5)
-    assert (budget.held_by("t1"), budget.held_by("t2")) == (500 * KIB, 500 * KIB)
-    assert not t1_next[1].done()
-    # t2 releases, but t1 already holds its half of the bound: its next ones wait for it.
-    budget.release("t2", 500 * KIB)
     await asyncio.sleep(0.05)
+    assert not t1_next[0].done()
+    assert (budget.held_by("t1"), budget.held_by("t2")) == (0, 600 * KIB)
+    budget.release("t2", 600 * KIB)
+    await asyncio.wait_for(t1_next[0], 0.5)
     assert not t1_next[1].done()
-    budget.release("t1", 500 * KIB)
+    budget.release("t1", 600 * KIB)
     await asyncio.wait_for(t1_next[1], 0.5)
-    assert not t1_next[2].done()
-    budget.release("t1", 500 * KIB)
-    await asyncio.wait_for(t1_next[2], 0.5)
-    assert (budget.waiting, budget.held) == (0, 500 * KIB)
+    assert (budget.waiting, budget.held) == (0, 600 * KIB)
 
 
 async def test_no_tenant_holds_more_than_half_so_another_finds_room_at_once() -> None:
