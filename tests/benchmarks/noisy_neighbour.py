@@ -288,8 +288,9 @@ async def wallets(port: int, host: str, count: int) -> list[str]:
 
 
 async def measure_b(port: int, tokens: list[str], seconds: float, clients: int,
-                    rate: float = 0.0) -> tuple[list[float], dict[int, int]]:
-    """B's GET /kyc/customer latencies (seconds) and statuses during ``seconds``.
+                    rate: float = 0.0, host: str = B_HOST) -> tuple[list[float], dict[int, int]]:
+    """B's GET /kyc/customer latencies (seconds) and statuses during ``seconds`` (another
+    tenant's with ``host`` and that tenant's wallet ``tokens``).
 
     ``rate`` > 0 (the default of the command): open loop, the way a tenant "at baseline"
     (reliability-plan L4, L1) loads the server -- requests start on a fixed schedule of
@@ -299,7 +300,7 @@ async def measure_b(port: int, tokens: list[str], seconds: float, clients: int,
     lateness does not. ``rate`` 0: ``clients`` closed-loop clients sending back to back
     (the server saturated by B alone: a request waits for B's own queue)."""
     if rate > 0:
-        return await _measure_b_open(port, tokens, seconds, clients, rate)
+        return await _measure_b_open(port, tokens, seconds, clients, rate, host)
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     deadline = time.perf_counter() + seconds
@@ -310,7 +311,7 @@ async def measure_b(port: int, tokens: list[str], seconds: float, clients: int,
             while time.perf_counter() < deadline:
                 token = tokens[(index + len(latencies)) % len(tokens)]
                 started = time.perf_counter()
-                answer = await conn.request("GET", "/kyc/customer", B_HOST, headers=bearer(token))
+                answer = await conn.request("GET", "/kyc/customer", host, headers=bearer(token))
                 latencies.append(time.perf_counter() - started)
                 statuses[answer.status] = statuses.get(answer.status, 0) + 1
         finally:
@@ -321,7 +322,7 @@ async def measure_b(port: int, tokens: list[str], seconds: float, clients: int,
 
 
 async def _measure_b_open(port: int, tokens: list[str], seconds: float, clients: int,
-                          rate: float) -> tuple[list[float], dict[int, int]]:
+                          rate: float, host: str) -> tuple[list[float], dict[int, int]]:
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     idle: asyncio.Queue[Connection] = asyncio.Queue()
@@ -333,7 +334,7 @@ async def _measure_b_open(port: int, tokens: list[str], seconds: float, clients:
         fired = time.perf_counter()
         conn = await idle.get()
         try:
-            answer = await conn.request("GET", "/kyc/customer", B_HOST,
+            answer = await conn.request("GET", "/kyc/customer", host,
                                         headers=bearer(tokens[serial % len(tokens)]))
             latencies.append(time.perf_counter() - fired)
             statuses[answer.status] = statuses.get(answer.status, 0) + 1

@@ -325,3 +325,32 @@ def test_sqlite_plans_reports_both_plans_of_each_query(tmp_path: Path) -> None:
         assert "PRIMARY KEY (tenant=?)" in query["without"]["plan"]
         positive(query["with_statistics"], "ms_per_query")
         positive(query["without"], "ms_per_query")
+
+
+@pytest.mark.slow
+def test_slow_clients_smoke_run_reports_p95s_and_the_timers_reclaiming(tmp_path: Path) -> None:
+    """``slow_clients.py --smoke`` with 1 s idle and 1.5 s body timers: the healthy clients'
+    quiet and slow p95, the slow clients held by the server (its sockets), and the timers
+    closing them (each idle connection served once and closed by the server; uploads cut
+    without an answer)."""
+    out = tmp_path / "slow.json"
+    result = subprocess.run(
+        [sys.executable, str(HERE / "slow_clients.py"), "--smoke", "--seconds", "3",
+         "--idle-timeout", "1", "--body-timeout", "1.5", "--json", str(out)],
+        capture_output=True, text=True, timeout=110, check=False, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(out.read_text())
+    for phase in ("quiet", "slow"):
+        positive(report[phase], "requests", "p50_ms", "p95_ms")
+        assert report[phase]["errors"] == 0
+        assert report[phase]["rounds"][0]["loop_lag"]["samples"] >= 5, report[phase]
+    positive(report, "p95_ratio")
+    assert "ratio" in result.stdout
+    quiet, slow = report["quiet"]["rounds"][0], report["slow"]["rounds"][0]
+    assert slow["server_sockets"] >= quiet["server_sockets"] + report["idle"] // 2, (quiet, slow)
+    clients = slow["slow_clients"]
+    assert clients["idle"].get("served_200", 0) >= report["idle"], clients
+    assert clients["idle"].get("closed_by_server", 0) >= report["idle"], clients
+    assert clients["uploads"].get("cut", 0) >= report["trickles"], clients
+    assert set(clients["uploads"]) <= {"cut", "trickling"}, clients
+    assert report["server_errors_logged"] == 0
