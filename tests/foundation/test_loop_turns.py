@@ -20,10 +20,11 @@ from pathlib import Path
 from tornado.httpclient import AsyncHTTPClient
 
 from conftest import MakeServer, RunningServer
+from faults.raw_http import request_bytes
 from foundation.test_metrics import sample
 from hooks.hooks_helpers import plugins_dir
 from kyc_host.web.turns import LoopTurns, TurnTakingLoop, take_turn
-from sep12.sep12_helpers import Wallet, kyc_doc
+from sep12.sep12_helpers import Wallet, kyc_doc, multipart, png_of_size
 
 # --- LoopTurns on an event loop --------------------------------------------------------
 
@@ -486,3 +487,74 @@ async def test_with_turns_off_no_request_waits(make_server: MakeServer, tmp_path
         assert srv.services.turns.in_flight("t1") == 4  # counted all the same
     finally:
         await release(held)
+
+
+async def test_uploads_whose_bodies_are_on_their_way_do_not_make_their_tenant_busy(
+        make_server: MakeServer, tmp_path: Path) -> None:
+    """A request counts in its tenant's requests in flight except while its body is on its
+    way: four t1 uploads stalled half-way (a wallet's phone on a poor network) leave t1 below
+    the mark, so its other requests take no turn. Each counts again once its body is in (here
+    it then hangs in the hook), and one whose client gives up mid-body is not counted out a
+    second time."""
+    srv = await make_server(
+        kyc_doc("t1", ["a.test"], plugin="hanging", limits={"hook_timeout_seconds": 30}),
+        kyc_doc("t2", ["b.test"], plugin="demo_anchor"),
+        plugins_dir=plugins_dir(tmp_path), busy_tenant_requests=3)
+    turns, budget = srv.services.turns, srv.services.upload_budget
+    wallet = Wallet(srv, "a.test", "t1")
+    body, content_type = multipart([("first_name", "Ada", None),
+                                    ("photo_id_front", png_of_size(200 * 1024), "id.png")])
+    head = request_bytes("PUT", "/kyc/customer", "a.test",
+                         {"Authorization": f"Bearer {wallet.token}",
+                          "Content-Type": content_type}, body)[0]
+    streams = []
+    held: list[asyncio.Future[object]] = []
+    try:
+        for _ in range(4):
+            reader, writer = await asyncio.open_connection("127.0.0.1", srv.public_port)
+            writer.write(head + body[:len(body) // 2])
+            await writer.drain()
+            streams.append((reader, writer))
+        for _ in range(500):  # all four admitted, their bodies half read
+            if budget.held == 4 * len(body):
+                break
+            await asyncio.sleep(0.01)
+        assert budget.held == 4 * len(body)
+        assert turns.in_flight("t1") == 0
+        assert (await srv.fetch("a.test", "/.well-known/stellar.toml")).code == 200
+        assert await turns_taken(srv, "t1") == 0
+        # Three bodies arrive: each request counts again (and hangs in the put hook).
+        before = len(hung())
+        for _, writer in streams[:3]:
+            writer.write(body[len(body) // 2:])
+            await writer.drain()
+        for _ in range(500):
+            if len(hung()) == before + 3:
+                break
+            await asyncio.sleep(0.01)
+        assert len(hung()) == before + 3
+        assert turns.in_flight("t1") == 3
+        assert (await srv.fetch("a.test", "/.well-known/stellar.toml")).code == 200
+        assert await turns_taken(srv, "t1") == 1  # t1 is busy now, and its request waited
+        # The fourth client leaves mid-body: its memory comes back, the count stays 3.
+        streams[3][1].close()
+        for _ in range(500):
+            if budget.held == 3 * len(body):
+                break
+            await asyncio.sleep(0.01)
+        assert budget.held == 3 * len(body)
+        assert turns.in_flight("t1") == 3
+        held += await hold(srv, 1)
+        assert turns.in_flight("t1") == 4
+    finally:
+        for _, writer in streams:
+            writer.close()
+        await release(held)
+        for task in hung():
+            task.cancel()
+    for _ in range(500):
+        if turns.in_flight("t1") == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert turns.in_flight("t1") == 0
+    assert turns.in_flight("t2") == 0

@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 
 #: ``tcpi_state`` of a connection both sides still have open (linux/tcp_states.h).
 _TCP_ESTABLISHED = 1
+#: Methods whose requests carry a body that handlers read with :meth:`Sep12Handler.body`.
+_BODY_METHODS = frozenset({"PUT", "POST", "DELETE"})
 #: Multipart part names that carry file contents (with or without ``filename=``).
 FILE_PARTS = sep9.binary_fields() | {"file"}
 
@@ -80,6 +82,8 @@ class Sep12Handler(BaseHandler):
         token = bearer_token(self.request.headers.get("Authorization"))
         self.identity = verify_token(self.tenant, token, self.services.verified_tokens)
         self._buffer = BodyBuffer(self.body_limit(), self.request.headers.get("Content-Length"))
+        if self.request.method in _BODY_METHODS:
+            self.waiting_on_client()  # until body(): no loop work while the body is on its way
 
     def compute_etag(self) -> None:
         """No ETag: answers are one customer's current state, sent ``Cache-Control: no-store``,
@@ -197,6 +201,7 @@ class Sep12Handler(BaseHandler):
         held the event loop 20-30 ms, and every tenant's requests with it (the
         noisy-neighbour benchmark, BENCHMARKS.md)."""
         self._body_taken = True
+        self.back_from_client()
         content_type = self.request.headers.get("Content-Type")
         buffer = self._buffer
         if buffer is None:

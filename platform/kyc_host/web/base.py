@@ -44,6 +44,9 @@ class BaseHandler(RequestHandler):
 
     _tenant: Tenant | None = None
     _counted = False
+    #: Not counted in its tenant's requests in flight (web/turns.py) while it waits on its
+    #: client (an upload's body on its way): :meth:`waiting_on_client`.
+    _turn_paused = False
 
     @property
     def services(self) -> Services:
@@ -166,11 +169,28 @@ class BaseHandler(RequestHandler):
         # will never arrive (Tornado's RequestHandler.on_connection_close).
         super().on_connection_close()
 
+    def waiting_on_client(self) -> None:
+        """From now until :meth:`back_from_client`, this request waits on its client (an
+        upload's body on its way, or waiting for its turn to be read) and does not count in
+        its tenant's requests in flight that make a tenant busy (web/turns.py): it costs the
+        loop nothing, and a tenant whose wallets send slowly (phones on poor networks) must
+        not have its other requests held back for it."""
+        if self._counted and self._tenant is not None and not self._turn_paused:
+            self._turn_paused = True
+            self.services.turns.ended(self._tenant.id)
+
+    def back_from_client(self) -> None:
+        """The request has what it waited for from its client: it counts again."""
+        if self._turn_paused:
+            self._turn_paused = False
+            if self._counted and self._tenant is not None:
+                self.services.turns.resumed(self._tenant.id)
+
     def _uncount(self) -> None:
         if self._counted:
             self._counted = False
             self.services.inflight.leave()
-            if self._tenant is not None:
+            if self._tenant is not None and not self._turn_paused:
                 self.services.turns.ended(self._tenant.id)
 
 

@@ -12,15 +12,20 @@ had CPU to spare (the noisy-neighbour benchmark, BENCHMARKS.md).
 with requests in flight have on average, is *busy*. So tenants under like loads (two
 anchors' wallets at the process's knee) never hold each other back: that only spread both
 tenants' latencies (longer p99s, BENCHMARKS.md). A tenant alone with requests in flight is
-busy from ``busy_at``. A request of a busy tenant waits for a turn at
-the two moments its work re-enters the loop in bulk: once its headers are read (before
-anything else is done for it: web/serving.py), and when it comes back from a long wait (for
-a plugin worker, an outbound fetch, its upload's bandwidth turn: :func:`take_turn`). A turn
-is a loop iteration in which nothing else ran, so every other request that is ready goes
-first. Nothing is refused, and when the process has time to spare the wait is a few
-microseconds; a request never waits longer than ``max_wait`` seconds, so a busy tenant is
-slowed when the loop is never idle, not starved. A tenant below ``busy_at`` (the ordinary
-case: a wallet's requests take milliseconds) never waits here.
+busy from ``busy_at``. A request whose body is on its way (or waits for its turn to be read)
+does not count until the body is in: it costs the loop nothing meanwhile, and 200 uploads
+trickling from one tenant's wallets made that tenant busy and slowed its other wallets'
+requests (the slow-clients benchmark, BENCHMARKS.md).
+
+A request of a busy tenant waits for a turn at the two moments its work re-enters the loop
+in bulk: once its headers are read (before anything else is done for it: web/serving.py),
+and when it comes back from a long wait (for a plugin worker, an outbound fetch, its
+upload's bandwidth turn: :func:`take_turn`). A turn is a loop iteration in which nothing
+else ran, so every other request that is ready goes first. Nothing is refused, and when
+the process has time to spare the wait is a few microseconds; a request never waits longer
+than ``max_wait`` seconds, so a busy tenant is slowed when the loop is never idle, not
+starved. A tenant below ``busy_at`` (the ordinary case: a wallet's requests take
+milliseconds) never waits here.
 
 Those turns work on any event loop, but between them a busy tenant's requests still do
 their short steps (a body chunk read, a refusal written, a hook's timeout ending) in the
@@ -97,9 +102,14 @@ class LoopTurns:
     def started(self, tenant_id: str) -> None:
         """A request of ``tenant_id`` is being served (until :meth:`ended`), in the
         current context: :func:`take_turn` in it knows its tenant."""
+        self.resumed(tenant_id)
+        _serving.set((self, tenant_id))
+
+    def resumed(self, tenant_id: str) -> None:
+        """A request of ``tenant_id`` counted out by :meth:`ended` while it waited on its
+        client (web/base.py ``waiting_on_client``) counts again."""
         self._inflight[tenant_id] += 1
         self._total += 1
-        _serving.set((self, tenant_id))
 
     def mark(self, tenant_id: str) -> None:
         """The current context works for ``tenant_id`` (a connection, once its request's
