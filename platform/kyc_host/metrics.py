@@ -90,6 +90,10 @@ class Metrics:
             "kyc_upload_memory_refused_total", "Uploads answered 503 because no room in "
             "their process's upload_bytes_in_flight came in time, by tenant.", ["tenant"],
             registry=registry)
+        self.upload_too_slow = Counter(
+            "kyc_upload_too_slow_total", "Uploads answered 408 because the rest of their body "
+            "could not arrive within body_timeout_seconds even at twice its rate so far "
+            "(ratelimit/bodyrate.py), by tenant.", ["tenant"], registry=registry)
         self.upload_bytes_in_flight = Gauge(
             "kyc_upload_bytes_in_flight", "Upload body bytes held now (declared lengths of "
             "uploads being received or processed); across workers the sum of the live ones.",

@@ -30,8 +30,10 @@ from collections.abc import Awaitable
 
 from tornado.web import stream_request_body
 
-from kyc_host.errors import ApiError, BadRequest, ServiceUnavailable
+from kyc_host.errors import ApiError, BadRequest, RequestTimeout, ServiceUnavailable
+from kyc_host.ratelimit import pacing
 from kyc_host.ratelimit import web as limits
+from kyc_host.ratelimit.bodyrate import BodyRate
 from kyc_host.ratelimit.budget import NoRoom
 from kyc_host.sep import sep9
 from kyc_host.sep.sep10_tokens import Identity, bearer_token, verify_token
@@ -70,6 +72,7 @@ class Sep12Handler(BaseHandler):
     _admitted = 0  # declared bytes of this request still queued in its tenant's share
     _held = 0  # bytes this request holds of the process's upload memory (ratelimit/budget.py)
     _body_taken = False  # the handler method has the body: it is in memory until the answer
+    _watch: BodyRate | None = None  # cuts an upload whose body cannot arrive in time
 
     def body_limit(self) -> int:
         """The most body bytes this request may carry (endpoints without files: 64 KiB)."""
@@ -130,6 +133,19 @@ class Sep12Handler(BaseHandler):
         # A chunked body may grow to the endpoint's limit: that much is held for it.
         await self._hold_memory(declared or self.body_limit(), max_wait - waited)
         await take_turn()  # a busy tenant's uploads, admitted, read their bodies after others
+        if declared > pacing.SMALL_BYTES and self._buffer is not None:
+            buffer = self._buffer
+            self._watch = BodyRate(declared, services.settings.body_timeout_seconds,
+                                   lambda: buffer.received, self._too_slow)
+
+    def _too_slow(self, error: RequestTimeout) -> None:
+        """The rest of this upload cannot arrive in time (ratelimit/bodyrate.py): 408 now
+        (Tornado closes the connection, its body unread), its bytes given back."""
+        self._watch = None
+        if self._finished or self._body_taken:
+            return
+        self.services.metrics.upload_too_slow.labels(self.tenant.id).inc()
+        self._refuse(error)
 
     async def _hold_memory(self, size: int, max_wait: float) -> None:
         services, tenant_id = self.services, self.tenant.id
@@ -169,12 +185,19 @@ class Sep12Handler(BaseHandler):
             self._held = 0
             self.services.metrics.upload_bytes_in_flight.set(budget.held)
 
+    def _stop_watch(self) -> None:
+        if self._watch is not None:
+            self._watch.stop()
+            self._watch = None
+
     def on_finish(self) -> None:
+        self._stop_watch()
         self._release_upload()
         self._release_memory()
         super().on_finish()
 
     def on_connection_close(self) -> None:
+        self._stop_watch()
         self._release_upload()
         if not self._body_taken:  # else the body is in use until the answer (on_finish)
             self._release_memory()
@@ -188,6 +211,8 @@ class Sep12Handler(BaseHandler):
         wait = self.services.upload_pacers.of(self.tenant).arrived(size, admitted)
         if wait <= 0:
             return None
+        if self._watch is not None:
+            self._watch.paused(wait)  # the server's pause, not the client's slowness
         self.services.metrics.upload_paced.labels(self.tenant.id).inc(wait)
         return asyncio.sleep(wait)
 
@@ -201,6 +226,7 @@ class Sep12Handler(BaseHandler):
         held the event loop 20-30 ms, and every tenant's requests with it (the
         noisy-neighbour benchmark, BENCHMARKS.md)."""
         self._body_taken = True
+        self._stop_watch()
         self.back_from_client()
         content_type = self.request.headers.get("Content-Type")
         buffer = self._buffer
