@@ -11,6 +11,7 @@ serves and /readyz answers 200".
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import json
@@ -25,6 +26,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -302,6 +304,43 @@ def child_limits(niceness: int = 0,
         if cpus is not None:
             os.sched_setaffinity(0, cpus)
     return limit
+
+
+class WorkerProcess:
+    """A load-generating helper of a benchmark: ``script`` run again with ``flag``, so that its
+    client work does not delay the event loop that times the measured requests. It reads one
+    JSON spec line on stdin, prints ``ready`` when set up, works until ``stop`` arrives, then
+    prints its results as one JSON line."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+
+    @classmethod
+    async def start(cls, script: str, flag: str, spec: dict[str, Any],
+                    preexec_fn: Callable[[], None] | None = None) -> WorkerProcess:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, script, flag, stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, preexec_fn=preexec_fn)
+        assert process.stdin is not None
+        assert process.stdout is not None
+        process.stdin.write(json.dumps(spec).encode() + b"\n")
+        await process.stdin.drain()
+        line = await process.stdout.readline()
+        if line.strip() != b"ready":
+            process.kill()
+            await process.wait()
+            raise RuntimeError(f"{Path(script).name} {flag} did not start: {line!r}")
+        return cls(process)
+
+    async def stop(self) -> dict[str, Any]:
+        assert self.process.stdin is not None
+        assert self.process.stdout is not None
+        self.process.stdin.write(b"stop\n")
+        await self.process.stdin.drain()
+        line = await self.process.stdout.readline()
+        await self.process.wait()
+        result: dict[str, Any] = json.loads(line)
+        return result
 
 
 @dataclass

@@ -100,6 +100,7 @@ from bench_server import (  # noqa: E402
     Deployment,
     HorizonStub,
     ServerProcess,
+    WorkerProcess,
     child_limits,
     children,
     cpu_seconds,
@@ -683,40 +684,14 @@ async def noise_worker() -> None:
     say(json.dumps({"hang": hang, "uploads": stored, "upload_seconds": upload_seconds}))
 
 
-class NoiseWorker:
+async def start_noise_worker(port: int, opts: argparse.Namespace,
+                             upload_tokens: list[str]) -> WorkerProcess:
     """The ``--noise-worker`` subprocess of one noisy phase."""
-
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
-
-    @classmethod
-    async def start(cls, port: int, opts: argparse.Namespace,
-                    upload_tokens: list[str]) -> NoiseWorker:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, __file__, "--noise-worker", stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            preexec_fn=child_limits(opts.niceness, cpus_of(opts, "A")))
-        assert process.stdin is not None
-        assert process.stdout is not None
-        spec = {"port": port, "hang_fetches": opts.hang_fetches,
-                "upload_tokens": upload_tokens, "upload_bytes": opts.upload_bytes,
-                "upload_retry": opts.upload_retry, "upload_expect": opts.upload_expect}
-        process.stdin.write(json.dumps(spec).encode() + b"\n")
-        await process.stdin.drain()
-        line = await process.stdout.readline()
-        if line.strip() != b"ready":
-            raise HttpError(f"noise worker did not start: {line!r}")
-        return cls(process)
-
-    async def stop(self) -> dict[str, Any]:
-        assert self.process.stdin is not None
-        assert self.process.stdout is not None
-        self.process.stdin.write(b"stop\n")
-        await self.process.stdin.drain()
-        line = await self.process.stdout.readline()
-        await self.process.wait()
-        result: dict[str, Any] = json.loads(line)
-        return result
+    spec = {"port": port, "hang_fetches": opts.hang_fetches,
+            "upload_tokens": upload_tokens, "upload_bytes": opts.upload_bytes,
+            "upload_retry": opts.upload_retry, "upload_expect": opts.upload_expect}
+    return await WorkerProcess.start(__file__, "--noise-worker", spec,
+                                     child_limits(opts.niceness, cpus_of(opts, "A")))
 
 
 @dataclasses.dataclass
@@ -738,7 +713,7 @@ async def noisy_round(server: ServerProcess, noise: Noise, b_tokens: list[str],
     site = noise.site
     site.reset_peak()
     accepted0 = site.accepted
-    worker = (await NoiseWorker.start(noise.port, opts, noise.upload_tokens)
+    worker = (await start_noise_worker(noise.port, opts, noise.upload_tokens)
               if opts.hang_fetches or opts.uploads else None)
     flood_seconds = opts.seconds + 2
     auth = [(A_HOST, f"Bearer {t}") for t in a_tokens]
@@ -1030,7 +1005,7 @@ def main(argv: list[str] | None = None) -> int:
                     share_with=server if groups else None))
             try:
                 figures = asyncio.run(scenario(server, site, opts, noise_server))
-            except (HttpError, OSError) as exc:
+            except (HttpError, OSError, RuntimeError) as exc:
                 say(f"benchmark failed: {exc}\n{server.log_tail()}")
                 return 1
             figures["server_errors_logged"] = len(server.errors_logged())

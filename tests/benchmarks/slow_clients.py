@@ -24,7 +24,9 @@ drifts over both alike:
   ``--trickles`` (200) uploads (``POST /kyc/customer/files`` with a wallet token of A, a
   ``--trickle-bytes`` PNG declared by ``Content-Length``) whose bodies arrive at
   ``--trickle-rate`` bytes per second (1 KB/s). The worker keeps those counts: a connection
-  the server closes (its idle or body timer) is opened again, as a client would reconnect.
+  the server ends (its idle or body timer, or a 408 for an upload that could not arrive
+  before that timer) is opened again, as a client would reconnect. ``--ramp`` spreads the
+  openings (and so the server's closings) over that many seconds.
 
 Prints and writes (``--json``) the healthy clients' p50/p95/p99 per phase, pooled and per
 tenant, the p95 ratio slow/quiet (target: within 20 %, i.e. <= 1.2), pooled and per round,
@@ -58,6 +60,7 @@ from bench_server import (  # noqa: E402
     Deployment,
     HorizonStub,
     ServerProcess,
+    WorkerProcess,
     child_limits,
     cpu_seconds,
     mongo_server,
@@ -201,8 +204,9 @@ async def trickle(port: int, host: str, token: str, body: bytes, rate: float,
                   sent: list[int]) -> None:
     """One upload at a time, its body sent at ``rate`` bytes per second in quarter-second
     pieces, until ``stop``. Outcomes: ``cut`` (the server closed the connection without
-    an answer: its body timer), the answer's status (a refusal before the body was read,
-    or an upload that finished), ``trickling`` (still sending when stopped)."""
+    an answer: its body timer), the answer's status (408: the rest could not arrive before
+    that timer; a refusal before the body was read; an upload that finished), ``trickling``
+    (still sending when stopped)."""
     boundary = body[2:body.index(b"\r\n")].decode()
     head = (f"POST /kyc/customer/files HTTP/1.1\r\nHost: {host}\r\n"
             f"Authorization: Bearer {token}\r\n"
@@ -301,38 +305,6 @@ def server_settings(opts: argparse.Namespace) -> dict[str, str]:
     return chosen
 
 
-class SlowWorker:
-    """The ``--slow-worker`` subprocess of one slow phase."""
-
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
-
-    @classmethod
-    async def start(cls, spec: dict[str, Any], niceness: int) -> SlowWorker:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, __file__, "--slow-worker", stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, preexec_fn=child_limits(niceness))
-        assert process.stdin is not None
-        assert process.stdout is not None
-        process.stdin.write(json.dumps(spec).encode() + b"\n")
-        await process.stdin.drain()
-        line = await process.stdout.readline()
-        if line.strip() != b"ready":
-            process.kill()
-            raise HttpError(f"slow-client worker did not start: {line!r}")
-        return cls(process)
-
-    async def stop(self) -> dict[str, Any]:
-        assert self.process.stdin is not None
-        assert self.process.stdout is not None
-        self.process.stdin.write(b"stop\n")
-        await self.process.stdin.drain()
-        line = await self.process.stdout.readline()
-        await self.process.wait()
-        result: dict[str, Any] = json.loads(line)
-        return result
-
-
 # --- measuring --------------------------------------------------------------------------
 
 
@@ -398,7 +370,8 @@ async def scenario(server: ServerProcess, hosts: list[str],
     slow = {key: Phase() for key in ("both", *hosts)}
     for _ in range(opts.rounds):
         await healthy(server, tokens, opts, quiet)
-        worker = await SlowWorker.start(spec, opts.niceness)
+        worker = await WorkerProcess.start(__file__, "--slow-worker", spec,
+                                           child_limits(opts.niceness))
         try:
             await asyncio.sleep(1.0)
             await healthy(server, tokens, opts, slow)
@@ -485,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
             stack.callback(server.stop)
             try:
                 figures = asyncio.run(scenario(server, hosts, opts))
-            except (HttpError, OSError, TimeoutError) as exc:
+            except (HttpError, OSError, TimeoutError, RuntimeError) as exc:
                 say(f"benchmark failed: {exc!r}\n{server.log_tail()}")
                 return 1
             figures["server_errors_logged"] = len(server.errors_logged())
