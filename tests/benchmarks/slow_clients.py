@@ -23,10 +23,11 @@ drifts over both alike:
   /.well-known/stellar.toml`` (half on A's host, half on B's) and then send nothing, and
   ``--trickles`` (200) uploads (``POST /kyc/customer/files`` with a wallet token of A, a
   ``--trickle-bytes`` PNG declared by ``Content-Length``) whose bodies arrive at
-  ``--trickle-rate`` bytes per second (1 KB/s). The worker keeps those counts: a connection
-  the server ends (its idle or body timer, or a 408 for an upload that could not arrive
-  before that timer) is opened again, as a client would reconnect. ``--ramp`` spreads the
-  openings (and so the server's closings) over that many seconds.
+  ``--trickle-rate`` bytes per second (1 KB/s, in a piece every ``--trickle-every`` 0.25 s).
+  The worker keeps those counts: a connection the server ends (its idle or body timer, or a
+  408 for an upload that could not arrive before that timer) is opened again, as a client
+  would reconnect. ``--ramp`` spreads the openings (and so the server's closings) over that
+  many seconds.
 
 Prints and writes (``--json``) the healthy clients' p50/p95/p99 per phase, pooled and per
 tenant, the p95 ratio slow/quiet (target: within 20 %, i.e. <= 1.2), pooled and per round,
@@ -103,6 +104,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                              "the body timer lets through at the trickle rate)")
     parser.add_argument("--trickle-rate", type=float, default=1024.0,
                         help="body bytes per second of each trickled upload (L5: 1 KB/s)")
+    parser.add_argument("--trickle-every", type=float, default=0.25,
+                        help="seconds between the pieces of a trickled body (each piece "
+                             "--trickle-rate x this many bytes)")
     parser.add_argument("--ramp", type=float, default=5.0,
                         help="seconds over which the slow clients open their connections")
     parser.add_argument("--idle-timeout", type=float,
@@ -129,8 +133,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--clients must be at least 2 and --rate above 0 (half per tenant)")
     if any("=" not in setting for setting in opts.setting):
         parser.error("--setting takes NAME=VALUE")
-    if opts.trickle_rate < 4:
-        parser.error("--trickle-rate must be at least 4 bytes per second")
+    if opts.trickle_rate * opts.trickle_every < 1:
+        parser.error("--trickle-rate x --trickle-every must be at least 1 byte")
     return opts
 
 
@@ -199,11 +203,11 @@ def png_body(size: int, boundary: str) -> bytes:
             f"\r\n--{boundary}--\r\n").encode()
 
 
-async def trickle(port: int, host: str, token: str, body: bytes, rate: float,
+async def trickle(port: int, host: str, token: str, body: bytes, rate: float, every: float,
                   stop: asyncio.Event, outcomes: Outcomes, started: asyncio.Event | None,
                   sent: list[int]) -> None:
-    """One upload at a time, its body sent at ``rate`` bytes per second in quarter-second
-    pieces, until ``stop``. Outcomes: ``cut`` (the server closed the connection without
+    """One upload at a time, its body sent at ``rate`` bytes per second in a piece every
+    ``every`` seconds, until ``stop``. Outcomes: ``cut`` (the server closed the connection without
     an answer: its body timer), the answer's status (408: the rest could not arrive before
     that timer; a refusal before the body was read; an upload that finished), ``trickling``
     (still sending when stopped)."""
@@ -212,7 +216,7 @@ async def trickle(port: int, host: str, token: str, body: bytes, rate: float,
             f"Authorization: Bearer {token}\r\n"
             f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
             f"Content-Length: {len(body)}\r\n\r\n").encode()
-    piece = max(1, int(rate / 4))
+    piece = max(1, int(rate * every))
     while not stop.is_set():
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -232,7 +236,7 @@ async def trickle(port: int, host: str, token: str, body: bytes, rate: float,
                 offset += piece
                 sent[0] += piece
                 await writer.drain()
-                await asyncio.wait([answer], timeout=0.25)
+                await asyncio.wait([answer], timeout=every)
             if answer.done() or (offset >= len(body) and await _first(stop, answer)):
                 count(outcomes, await _status_of(answer))
             else:
@@ -271,7 +275,8 @@ async def slow_worker() -> None:
             serial = index - spec["idle"]
             tasks.append(asyncio.ensure_future(
                 trickle(port, hosts[0], tokens[serial % len(tokens)], body,
-                        spec["trickle_rate"], stop, uploads, event, sent)))
+                        spec["trickle_rate"], spec["trickle_every"], stop, uploads, event,
+                        sent)))
         await asyncio.sleep(spec["ramp"] / total)
     await asyncio.wait_for(asyncio.gather(*(e.wait() for e in ready)), 60)
     say("ready")
@@ -363,7 +368,8 @@ async def scenario(server: ServerProcess, hosts: list[str],
     upload_tokens = await wallets(port, hosts[0], min(opts.trickles, 200))
     spec = {"port": port, "hosts": hosts, "tokens": upload_tokens, "idle": opts.idle,
             "trickles": opts.trickles, "trickle_bytes": opts.trickle_bytes,
-            "trickle_rate": opts.trickle_rate, "ramp": opts.ramp}
+            "trickle_rate": opts.trickle_rate, "trickle_every": opts.trickle_every,
+            "ramp": opts.ramp}
     await asyncio.gather(*(measure_b(port, tokens[h], min(1.0, opts.seconds), 2, 20.0, host=h)
                            for h in hosts))  # warm-up
     quiet = {key: Phase() for key in ("both", *hosts)}
@@ -408,6 +414,7 @@ def print_table(report: dict[str, Any]) -> None:
         f"{report['rate_per_s']:g}/s (half per tenant) on {report['clients']} connections; "
         f"slow phase: {report['idle']} idle keep-alive connections + {report['trickles']} "
         f"uploads of {report['trickle_bytes']} bytes at {report['trickle_rate']:g} B/s "
+        f"(a piece every {report['trickle_every']:g} s), opened over {report['ramp']:g} s "
         f"(worker at nice {report['niceness']}); server settings "
         f"{report['server_settings'] or 'as shipped'}; load 1/5/15 min before "
         f"{report['load_before']} after {report['load_after']}")
@@ -470,6 +477,7 @@ def main(argv: list[str] | None = None) -> int:
               "seconds": opts.seconds, "rounds": opts.rounds, "rate_per_s": opts.rate,
               "clients": opts.clients, "idle": opts.idle, "trickles": opts.trickles,
               "trickle_bytes": opts.trickle_bytes, "trickle_rate": opts.trickle_rate,
+              "trickle_every": opts.trickle_every, "ramp": opts.ramp,
               "niceness": opts.niceness, "hosts": hosts,
               "server_settings": server_settings(opts),
               "load_before": load_before, "load_after": loads(),
