@@ -11,6 +11,11 @@ The bound holds for a whole request too (:func:`start_request`, called as a requ
 a request whose operations each waited under the bound but together over it is refused at
 its next one. A PUT makes several store operations in a row; each waiting 2-3 s behind a
 busy writer, it ran into its client's 10 s timeout without any one of them being refused.
+
+A wallet request's MongoDB operations are bounded the same way (:func:`store_time`, used by
+store/mongo.py): they may take :data:`REQUEST_STORE_SECONDS` in all, each one getting what is
+left as its timeout. The client's own timeout is per operation, so on a slow (not stopped)
+server a PUT's dozen operations of a second each ran past every client's timeout.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import contextvars
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import TypeVar
 
 from kyc_host.store.base import StoreUnavailable
@@ -34,9 +40,48 @@ _WAITED: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar(
     "kyc_store_waited", default=None)
 
 
-def start_request() -> None:
-    """Start counting the store-queue time of the request running in this task."""
+#: What a wallet request's MongoDB operations may take in all (the client's timeoutMS is 4 s
+#: per operation): a request the store cannot serve in time is answered 503 by then.
+REQUEST_STORE_SECONDS = 4.0
+
+
+@dataclass
+class StoreTime:
+    """The store time one request may still spend (its MongoDB operations' durations)."""
+
+    owner: asyncio.Task[object] | None
+    limit: float
+    spent: float = 0.0
+
+    def left(self) -> float:
+        return self.limit - self.spent
+
+
+#: The running request's store time; None outside a request and for admin requests.
+_STORE_TIME: contextvars.ContextVar[StoreTime | None] = contextvars.ContextVar(
+    "kyc_store_time", default=None)
+
+
+def start_request(*, store_seconds: float | None = None) -> None:
+    """Start counting the store-queue time of the request running in this task and, with
+    ``store_seconds``, bound the time its MongoDB operations take in all (:func:`store_time`).
+    """
     _WAITED.set([0.0])
+    _STORE_TIME.set(None if store_seconds is None
+                    else StoreTime(asyncio.current_task(), store_seconds))
+
+
+def store_time() -> StoreTime | None:
+    """The running request's store-time budget, if the running task is the request's own.
+
+    Tasks a request starts inherit its context; those that outlive it or run beside it (a
+    rate-limit sweep, a hook's task bounded by its own timeout) neither spend nor are held to
+    the request's budget.
+    """
+    budget = _STORE_TIME.get()
+    if budget is None or budget.owner is not asyncio.current_task():
+        return None
+    return budget
 
 
 def charge(seconds: float) -> float:

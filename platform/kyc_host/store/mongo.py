@@ -5,7 +5,10 @@ its own database ``<db>_t_<tenant id>``, so dropping a tenant drops one database
 of one tenant can touch another's collections.
 
 The client is created inside the running loop (``start``) with short timeouts, so an
-unreachable server turns into StoreUnavailable (a 503) within seconds instead of a hang.
+unreachable server turns into StoreUnavailable (a 503) within seconds instead of a hang. A
+wallet request's operations share one budget (store/bounded.py): each runs under
+``pymongo.timeout`` with what the request has left, so a slow server gives a 503 within it
+too, however many operations the request makes.
 Dict and list filter values are wrapped in ``$eq`` (comparisons use the operator of a
 :class:`Cmp`), so a value that looks like ``{"$ne": null}`` is matched literally and never
 reaches the query as an operator; scalars stay bare (FerretDB only uses its ``_id`` lookup
@@ -14,11 +17,14 @@ for the bare form).
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
+import pymongo
 from bson import Binary
 from pymongo import AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
@@ -35,6 +41,7 @@ from pymongo.errors import (
 )
 from pymongo.monitoring import CommandListener
 
+from kyc_host.store import bounded
 from kyc_host.store.base import (
     Cmp,
     Collection,
@@ -148,6 +155,27 @@ class _Errors:
 _errors = _Errors()
 
 
+@contextmanager
+def _operation() -> Iterator[None]:
+    """One collection operation: PyMongo's errors translated, and within a wallet request
+    bounded by what is left of the request's store time (a 503 once it is spent)."""
+    with _errors:
+        budget = bounded.store_time()
+        if budget is None:
+            yield
+            return
+        left = budget.left()
+        if left <= 0:
+            raise StoreUnavailable(
+                f"mongodb: the request's operations took {budget.limit:g} s in all")
+        started = time.monotonic()
+        try:
+            with pymongo.timeout(min(left, _TIMEOUT_MS / 1000)):
+                yield
+        finally:
+            budget.spent += time.monotonic() - started
+
+
 class MongoStore(Store):
     def __init__(self, url: str, *, listeners: Sequence[CommandListener] = ()) -> None:
         """``listeners``: PyMongo command listeners given to the client ``start`` creates
@@ -225,12 +253,12 @@ class MongoCollection(Collection):
 
     async def insert_one(self, doc: Doc) -> str:
         doc = {"_id": uuid.uuid4().hex, **doc}
-        with _errors:
+        with _operation():
             await self._coll.insert_one(doc)
         return str(doc["_id"])
 
     async def find_one(self, flt: Filter) -> Doc | None:
-        with _errors:
+        with _operation():
             return _maybe(await self._coll.find_one(_query(flt)))
 
     async def find(
@@ -240,7 +268,7 @@ class MongoCollection(Collection):
         # "_id" named explicitly: an empty projection would mean every field.
         projection = (None if fields is None
                       else {"_id": 1} | {_top_level(f): 1 for f in fields})
-        with _errors:
+        with _operation():
             cursor = self._coll.find(_query(flt), projection, sort=_sort(sort), limit=limit or 0)
             docs = [_plain(doc) for doc in await cursor.to_list()]
         if fields is None:
@@ -248,7 +276,7 @@ class MongoCollection(Collection):
         return [{k: v for k, v in doc.items() if v is not None} for doc in docs]
 
     async def count(self, flt: Filter) -> int:
-        with _errors:
+        with _operation():
             return await self._coll.count_documents(_query(flt))
 
     async def update_one(
@@ -260,7 +288,7 @@ class MongoCollection(Collection):
         inc: Mapping[str, int] | None = None,
         upsert: bool = False,
     ) -> int:
-        with _errors:
+        with _operation():
             result = await self._coll.update_one(
                 _query(flt), _update(set, unset, inc), upsert=upsert)
             return result.matched_count or (1 if result.upserted_id is not None else 0)
@@ -275,7 +303,7 @@ class MongoCollection(Collection):
         upsert: bool = False,
         sort: SortSpec = (),
     ) -> Doc | None:
-        with _errors:
+        with _operation():
             doc = await self._coll.find_one_and_update(
                 _query(flt), _update(set, unset, inc), upsert=upsert, sort=_sort(sort),
                 return_document=ReturnDocument.AFTER)
@@ -283,14 +311,14 @@ class MongoCollection(Collection):
 
     async def replace_one(self, flt: Filter, doc: Doc, *, upsert: bool = False) -> int:
         body = {k: v for k, v in doc.items() if k != "_id"}
-        with _errors:
+        with _operation():
             result = await self._coll.replace_one(_query(flt), body, upsert=upsert)
             return result.matched_count or (1 if result.upserted_id is not None else 0)
 
     async def delete_one(self, flt: Filter) -> int:
-        with _errors:
+        with _operation():
             return (await self._coll.delete_one(_query(flt))).deleted_count
 
     async def delete_many(self, flt: Filter) -> int:
-        with _errors:
+        with _operation():
             return (await self._coll.delete_many(_query(flt))).deleted_count

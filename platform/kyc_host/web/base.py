@@ -81,7 +81,10 @@ class BaseHandler(RequestHandler):
         # Every line logged while serving this request carries its id (and tenant, once
         # known): reliability-plan B8. prepare() runs in the request's own task.
         bind_request(self.request_id, None)
-        bounded.start_request()  # the request's store work waits 4 s in all, at most
+        # The request's store work waits 4 s in all, at most; a wallet request's MongoDB
+        # operations take 4 s in all, at most (admin requests: 4 s each).
+        bounded.start_request(
+            store_seconds=bounded.REQUEST_STORE_SECONDS if self.resolves_tenant else None)
         if self.resolves_tenant:
             self._shed_if_overloaded()
             self._tenant = self._resolve_tenant()
