@@ -14,7 +14,7 @@ from conftest import MakeServer, RunningServer
 from kyc_host import audit
 from kyc_host.retention import commands
 from kyc_host.retention.erasure import DAY
-from kyc_host.retention.purge import PurgeLoop, erasures_for
+from kyc_host.retention.purge import PurgeLoop, erasures_for, purge_tenant
 from sep12.sep12_helpers import Wallet, kyc_doc, png_of_size, tenant_of
 
 NAMES = {"first_name": "Heldfirst", "last_name": "Heldlast",
@@ -177,3 +177,38 @@ async def test_cli_purge_show_held_and_key_status(make_server: MakeServer) -> No
     status = json.loads(out)
     assert status["kek_versions"] == [1]
     assert "S" not in [v[:1] for v in map(str, status.values())]  # never a seed
+
+
+async def test_a_record_written_back_after_its_erasure_goes_again_with_its_queue_rows(
+        make_server: MakeServer) -> None:
+    """A PUT that loaded the customer before its DELETE writes the record (and its review-
+    queue rows) back after it. The purge job removes both again; the tenant's other customer
+    and the same account's customer on the other tenant keep theirs."""
+    srv = await retention_server(make_server)
+    alice = Wallet(srv, "a.test", "t1")
+    carol = Wallet(srv, "a.test", "t1")
+    bob = Wallet(srv, "b.test", "t2", keypair=alice.keypair)
+    alice_id = await alice.create(NAMES)
+    carol_id = await carol.create(NAMES)
+    bob_id = await bob.create(NAMES)
+    store = srv.services.store
+    customers, rows = store.tenant("t1", "customers"), store.tenant("t1", "review_queue")
+    [record] = await customers.find({"_id": alice_id})
+    alice_rows = await rows.find({"customer_id": alice_id})
+    assert alice_rows
+    assert (await alice.delete()).status == 200
+    assert await rows.find({"customer_id": alice_id}) == []
+    # The racing PUT's save lands now: its record, then its rows.
+    await customers.insert_one(record)
+    for row in alice_rows:
+        await rows.insert_one(row)
+
+    report = await purge_tenant(srv.services, tenant_of(srv, "t1"))
+    assert report.resurrected == [alice_id]
+    assert await customers.find_one({"_id": alice_id}) is None
+    assert await rows.find({"customer_id": alice_id}) == []
+    assert [r["customer_id"] for r in await rows.find({})] == [carol_id]
+    assert (await purge_tenant(srv.services, tenant_of(srv, "t2"))).resurrected == []
+    assert [r["customer_id"] for r in await store.tenant("t2", "review_queue").find({})] \
+        == [bob_id]
+    assert (await bob.get(id=bob_id)).status == 200

@@ -15,11 +15,13 @@ asyncio TCP proxy between app and DB to add latency").
 - :func:`test_a_wallet_request_on_a_slow_store_is_answered_503_within_5_s`: with 1.5 s per
   answer (a PUT's four would take 6 s), a wallet's PUT of t1 is 503 JSON + Retry-After
   within 5 s while a GET of t2 (two answers) is served, and once the store is fast again the
-  same PUT is stored and read back, the other customer of t1 untouched.
+  same PUT is stored and read back, the other customer of t1 untouched. The cut came at the
+  record's write, which the store carried out anyway: the review-queue row was left behind
+  (and the identical retry wrote nothing) until the purge job's repair.
 - :func:`test_an_erasure_cut_by_the_budget_is_finished`: a DELETE (22 operations) on a store
   answering in 0.4 s is 503 within 5 s; whatever it had done by then, the retry and the
-  purge job leave the customer erased (no record, identity or file, a "shredded" tombstone
-  and its proof in the audit log), the other customer untouched.
+  purge job leave the customer erased (no record, identity, file or review-queue row, a
+  "shredded" tombstone and its proof in the audit log), the other customer untouched.
 - :func:`test_the_budget_is_the_requests_own`: the store-level rule: a request's operations
   share its budget, each bounded by what is left; once spent, the next is refused without
   reaching the server; a task the request starts, and work outside a request, are not held
@@ -40,9 +42,10 @@ from conftest import FerretDB, MakeServer
 from faults.test_store_outage import UNAVAILABLE, store_errors
 from foundation.test_store_lost import private_ferretdb  # noqa: F401 - fixture
 from kyc_host.retention.purge import purge_tenant
-from kyc_host.store import bounded
+from kyc_host.store import bounded, review_queue
 from kyc_host.store.base import StoreUnavailable
 from kyc_host.store.mongo import MongoStore
+from kyc_host.store.review_queue import micros
 from sep12.sep12_helpers import Reply, Wallet, kyc_doc, png_of_size, tenant_of
 
 pytestmark = pytest.mark.mongo
@@ -133,7 +136,7 @@ async def timed(awaitable: Any) -> tuple[Reply, float]:
 
 
 async def test_a_wallet_request_on_a_slow_store_is_answered_503_within_5_s(
-    make_server: MakeServer, proxy: LatencyProxy
+    make_server: MakeServer, proxy: LatencyProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     srv = await make_server(kyc_doc("t1", ["a.test"]), kyc_doc("t2", ["b.test"]))
     alice = Wallet(srv, "a.test", "t1")
@@ -165,7 +168,22 @@ async def test_a_wallet_request_on_a_slow_store_is_answered_503_within_5_s(
     assert again.status == 202, again.body
     assert again.json["id"] == alice_id
     assert (await alice.get(id=alice_id)).status == 200
-    stored = await srv.services.store.tenant("t1", "customers").find({})
+    # The cut came at the record's write, which the store still carried out: the queue
+    # rows were left behind (the identical retry wrote nothing), and the purge job's
+    # repair brings them up to date.
+    store = srv.services.store
+    [doc] = await store.tenant("t1", "customers").find({"_id": alice_id})
+    rows = store.tenant("t1", "review_queue")
+    [row] = await rows.find({"customer_id": alice_id})
+    print(f"alice's queue row {(doc['updated_at'] * 1e6 - row['updated_us']) / 1e6:.2f} s "  # noqa: T201
+          "behind her record")
+    monkeypatch.setattr(review_queue, "REPAIR_GRACE_SECONDS", 0.0)
+    report = await purge_tenant(srv.services, tenant_of(srv, "t1"))
+    [row] = await rows.find({"customer_id": alice_id})
+    assert row["updated_us"] == micros(doc["updated_at"])
+    assert row["status"] == doc["types"][0]["status"]
+    assert set(report.queue_repaired) <= {alice_id}
+    stored = await store.tenant("t1", "customers").find({})
     assert {doc["_id"] for doc in stored} == {alice_id, carol_id}
     assert (await carol.get(id=carol_id)).status == 200
 
@@ -203,6 +221,7 @@ async def test_an_erasure_cut_by_the_budget_is_finished(
     assert await store.tenant("t1", "identities").find({"customer_id": alice_id}) == []
     assert await store.tenant("t1", "files").find({"customer_id": alice_id}) == []
     assert await store.tenant("t1", "blobs").find({}) == []
+    assert await store.tenant("t1", "review_queue").find({"customer_id": alice_id}) == []
     tombstone = await store.tenant("t1", "erasures").find_one({"_id": alice_id})
     assert tombstone is not None
     assert tombstone["state"] == "shredded"

@@ -65,13 +65,20 @@ class PurgeReport:
     interrupted_files: int = 0  # leftover chunks of crashed file writes/deletes removed
     exposed: int = 0  # shredded customers whose KEK version was still held before this run
     kek_rotated: bool = False
+    queue_repaired: list[str] = field(default_factory=list)  # review-queue rows rewritten
 
     def to_json(self) -> dict[str, Any]:
         return {"tenant": self.tenant, "shredded": self.shredded, "finished": self.finished,
                 "resurrected": self.resurrected, "legal_hold": self.paused,
                 "expired_files": self.expired_files,
                 "interrupted_files": self.interrupted_files, "exposed": self.exposed,
-                "kek_rotated": self.kek_rotated}
+                "kek_rotated": self.kek_rotated, "queue_repaired": self.queue_repaired}
+
+
+#: The collections whose documents name a customer in ``customer_id`` and go with it (the
+#: review-queue rows too: an erasure cut after the record's write, or a record a racing PUT
+#: wrote back, left them behind).
+_BY_CUSTOMER = ("identities", "transactions", "review_queue")
 
 
 class Erasures:
@@ -243,7 +250,7 @@ class Erasures:
 
     async def _finish(self, doc: Doc, actor: str) -> None:
         customer_id = str(doc["_id"])
-        for name in ("identities", "transactions"):
+        for name in _BY_CUSTOMER:
             await self.store.tenant(self.tenant_id, name).delete_many(
                 {"customer_id": customer_id})
         await self._shred(customer_id, list(doc.get("files", [])),
@@ -262,7 +269,7 @@ class Erasures:
                 continue
             report.resurrected.append(customer_id)
             if not dry_run:
-                for name in ("identities", "transactions"):
+                for name in _BY_CUSTOMER:
                     await self.store.tenant(self.tenant_id, name).delete_many(
                         {"customer_id": customer_id})
                 await self._customers.delete_one({"_id": customer_id})

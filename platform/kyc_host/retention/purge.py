@@ -3,8 +3,9 @@
 Each run goes through the tenants this process serves and lets each tenant's
 :class:`~kyc_host.retention.erasure.Erasures` shred held records whose retention period is
 over (legal holds pause that), finish erasures a crash interrupted, remove records that a
-racing write resurrected, drop expired unattached uploads, and remove the chunks of file
-writes or deletes a crash interrupted (store/files.py). Every step is idempotent, so N
+racing write resurrected, drop expired unattached uploads, remove the chunks of file
+writes or deletes a crash interrupted (store/files.py), and rewrite review-queue rows that a
+save cut midway left behind its record (store/review_queue.py). Every step is idempotent, so N
 processes running it at once do the same work N times at worst and never corrupt anything;
 a random start offset spreads them out.
 """
@@ -22,6 +23,7 @@ from kyc_host.crypto.tenant_keys import read_secrets
 from kyc_host.retention.erasure import Erasures, PurgeReport
 from kyc_host.services import Services
 from kyc_host.store.base import Store
+from kyc_host.store.review_queue import ReviewQueue
 from kyc_host.tenancy.registry import Tenant
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,8 @@ async def purge_tenant(services: Services, tenant: Tenant, *, actor: str = "syst
     """
     erasures = erasures_for(tenant, services.store)
     report = await erasures.purge(actor=actor, dry_run=dry_run)
+    # After the erasures: a customer whose erasure was finished has no rows to repair.
+    report.queue_repaired = await ReviewQueue(services.store, tenant.id).repair(dry_run=dry_run)
     held = await read_secrets(services.store, services.keys, tenant.id)
     report.exposed = await erasures.exposed(sorted(held.data_keks))
     if report.exposed and not dry_run:
@@ -62,10 +66,11 @@ async def purge_tenant(services: Services, tenant: Tenant, *, actor: str = "syst
             report.kek_rotated = True
         except JobBusy:
             pass  # another process (or an operator) is rotating this tenant's KEK already
-    if report.shredded or report.finished or report.resurrected:
-        log.info("purge: tenant %s shredded %d, finished %d, removed %d resurrected",
-                 tenant.id, len(report.shredded), len(report.finished),
-                 len(report.resurrected), extra={"tenant": tenant.id})
+    if report.shredded or report.finished or report.resurrected or report.queue_repaired:
+        log.info("purge: tenant %s shredded %d, finished %d, removed %d resurrected, "
+                 "repaired the review-queue rows of %d", tenant.id, len(report.shredded),
+                 len(report.finished), len(report.resurrected), len(report.queue_repaired),
+                 extra={"tenant": tenant.id})
     return report
 
 

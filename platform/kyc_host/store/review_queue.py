@@ -18,11 +18,22 @@ change meanwhile never repeats or skips a customer, even when customers share a 
 customer with several matching types has adjacent rows (one save writes them all with one
 time) and is shown once. A customer updated during a walk moves to its new place (it may then
 be met again, or not at all, as with any cursor over a changing sort key).
+
+Repair. A save writes the record, then its rows. A request cut between the two -- its store
+budget spent (store/bounded.py), the store failing, ``kill -9`` -- leaves rows that no
+longer match the record, and an identical retry writes nothing, so the customer would stay
+in the wrong place of the queue (e.g. missing from ``status=PROCESSING``). :meth:`repair`,
+run by the purge job, compares the rows with the records saved since its last run (a
+checkpoint in the tenant's ``checkpoints`` collection) and rewrites stale ones. It reads
+only clear fields (``updated_at`` and the types' statuses): no record is decrypted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import math
+import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -65,12 +76,36 @@ class QueueFilter:
     since_us: int | None = None
 
 
+COLLECTION_CHECKPOINTS = "checkpoints"
+_CHECKPOINT = "review_queue_repair"
+#: Records saved this recently are left to the save writing them (its rows may be on the way).
+REPAIR_GRACE_SECONDS = 60.0
+#: Records compared per store round trip.
+REPAIR_PAGE = 500
+#: A row this close to its record's time was written by the save that wrote the record: the
+#: SQLite store keeps a float to 15 significant digits (about 10 us for today's times), so
+#: the time read back may differ from the one the save put in its rows by a few us.
+_SAME_SAVE_US = 100
+
+
 def rows_for(record: CustomerRecord) -> list[Doc]:
     """The queue rows of a record as it is about to be saved."""
-    updated = micros(record.updated_at)
-    return [{"_id": f"{record.id}|{type_name}", "customer_id": record.id, "type": type_name,
-             "status": state.status or "", "updated_us": updated}
-            for type_name, state in record.types.items()]
+    return _rows(record.id, record.updated_at,
+                 ((type_name, state.status) for type_name, state in record.types.items()))
+
+
+def _rows(customer_id: str, updated_at: float,
+          statuses: Iterable[tuple[str, str | None]]) -> list[Doc]:
+    updated = micros(updated_at)
+    return [{"_id": f"{customer_id}|{type_name}", "customer_id": customer_id,
+             "type": type_name, "status": status or "", "updated_us": updated}
+            for type_name, status in statuses]
+
+
+def _stored_rows(doc: Doc) -> list[Doc]:
+    """The rows a stored customer document should have (its clear fields only)."""
+    return _rows(str(doc["_id"]), float(doc["updated_at"]),
+                 ((str(t["type"]), t.get("status")) for t in doc.get("types") or ()))
 
 
 class ReviewQueue:
@@ -78,6 +113,9 @@ class ReviewQueue:
 
     def __init__(self, store: Store, tenant_id: str) -> None:
         self._rows = store.tenant(tenant_id, COLLECTION)
+        self._customers = store.tenant(tenant_id, "customers")
+        self._erasures = store.tenant(tenant_id, "erasures")
+        self._checkpoints = store.tenant(tenant_id, COLLECTION_CHECKPOINTS)
 
     async def put(self, record: CustomerRecord) -> None:
         """Write the record's rows (after the record itself was written)."""
@@ -90,6 +128,67 @@ class ReviewQueue:
 
     async def remove(self, customer_id: str) -> None:
         await self._rows.delete_many({"customer_id": customer_id})
+
+    async def repair(self, *, now: float | None = None, dry_run: bool = False) -> list[str]:
+        """Rewrite the rows of customers saved since the last repair (and more than
+        REPAIR_GRACE_SECONDS ago) that do not match their records; returns those customers'
+        ids. Idempotent, and safe beside saves and other processes' repairs: a row is only
+        ever moved forward in time, never over a newer one."""
+        until = (time.time() if now is None else now) - REPAIR_GRACE_SECONDS
+        mark = await self._checkpoints.find_one({"_id": _CHECKPOINT})
+        since = float(mark["through"]) if mark else 0.0
+        repaired: list[str] = []
+        while since < until:
+            docs = await self._customers.find({"updated_at": gte(since)},
+                                              sort=[("updated_at", 1)], limit=REPAIR_PAGE,
+                                              fields=["updated_at", "types"])
+            due = [d for d in docs if float(d["updated_at"]) < until]
+            repaired += await self._repair_page(due, dry_run)
+            if len(due) < REPAIR_PAGE:
+                since = until  # everything saved before ``until`` is compared
+            else:
+                last = float(due[-1]["updated_at"])
+                # The next page starts at the last time seen (its records are compared
+                # again, harmlessly); past it if a whole page shared that time.
+                since = last if last > since else math.nextafter(last, math.inf)
+            if not dry_run:
+                await self._checkpoints.replace_one({"_id": _CHECKPOINT},
+                                                    {"_id": _CHECKPOINT, "through": since},
+                                                    upsert=True)
+        return repaired
+
+    async def _repair_page(self, docs: list[Doc], dry_run: bool) -> list[str]:
+        if not docs:
+            return []
+        ids = [str(d["_id"]) for d in docs]
+        # A customer being erased (or held) is the erasure's to finish, rows included.
+        erasing = {str(d["_id"]) for d in await self._erasures.find({"_id": in_(ids)},
+                                                                     fields=[])}
+        have = {str(r["_id"]): int(r.get("updated_us", 0))
+                for r in await self._rows.find({"customer_id": in_(ids)},
+                                               fields=["updated_us"])}
+        repaired: list[str] = []
+        for doc in docs:
+            if str(doc["_id"]) in erasing:
+                continue
+            stale = [row for row in _stored_rows(doc)
+                     if have.get(row["_id"], -1) < row["updated_us"] - _SAME_SAVE_US]
+            if not stale:
+                continue
+            repaired.append(str(doc["_id"]))
+            if dry_run:
+                continue
+            for row in stale:
+                if row["_id"] not in have:
+                    with contextlib.suppress(DuplicateKeyError):  # a save wrote it meanwhile
+                        await self._rows.insert_one(row)
+                    continue
+                fields = {k: v for k, v in row.items() if k != "_id"}
+                # Conditional: a save that wrote a newer row meanwhile is left alone.
+                await self._rows.update_one(
+                    {"_id": row["_id"], "updated_us": lt(row["updated_us"] - _SAME_SAVE_US)},
+                    set=fields)
+        return repaired
 
     async def page(self, flt: QueueFilter, *, limit: int, newest_first: bool = True,
                    after: Position | None = None) -> tuple[list[Position], Position | None]:

@@ -69,6 +69,9 @@ _SPECS = (
     # period or legal hold keeps the (still encrypted) record, then a tombstone that proves
     # the shredding and lets the purge job catch a record resurrected by a racing write.
     CollectionSpec("erasures", "tenant", (Index(("state", "shred_after")),)),
+    # How far a periodic job got (_id = the job): the review queue's repair
+    # (store/review_queue.py).
+    CollectionSpec("checkpoints", "tenant"),
 )
 
 COLLECTIONS = MappingProxyType({spec.name: spec for spec in _SPECS})
