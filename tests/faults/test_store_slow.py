@@ -41,7 +41,7 @@ import pytest
 from conftest import FerretDB, MakeServer
 from faults.test_store_outage import UNAVAILABLE, store_errors
 from foundation.test_store_lost import private_ferretdb  # noqa: F401 - fixture
-from kyc_host.retention.purge import purge_tenant
+from kyc_host.retention.purge import erasures_for, purge_tenant
 from kyc_host.store import bounded, review_queue
 from kyc_host.store.base import StoreUnavailable
 from kyc_host.store.mongo import MongoStore
@@ -228,6 +228,46 @@ async def test_an_erasure_cut_by_the_budget_is_finished(
     proofs = await store.tenant("t1", "audit").find({"customer_id": alice_id})
     assert "customer.erase" in {entry["action"] for entry in proofs}
     assert (await carol.get(id=carol_id)).status == 200
+
+
+async def test_an_upload_cut_by_the_budget_leaves_no_file_that_never_expires(
+    make_server: MakeServer, proxy: LatencyProxy
+) -> None:
+    """A multipart PUT cut after its file was stored but before its record named it: the
+    file keeps expiring (it once was stored as attached, never to expire, and a wallet
+    retrying such PUTs filled its ``max_files_per_identity``); the retry is stored and
+    attached; the purge deletes only the cut PUT's file."""
+    srv = await make_server(kyc_doc("t1", ["a.test"]), kyc_doc("t2", ["b.test"]))
+    alice = Wallet(srv, "a.test", "t1")
+    bob = Wallet(srv, "b.test", "t2", keypair=alice.keypair)
+    alice_id = await alice.create()
+    bob_id = await bob.create()
+    photo = [("photo_id_front", png_of_size(20_000), "id.png")]
+
+    proxy.delay = 0.6
+    cut, took = await timed(alice.put_multipart(photo))
+    print(f"\nmultipart PUT on a store answering in 0.6 s: {cut.status} in {took:.2f} s")  # noqa: T201
+    assert cut.status == 503, cut.body
+    proxy.delay = 0.0
+    files = srv.services.store.tenant("t1", "files")
+    left = await files.find({})
+    print(f"files the cut PUT left: {len(left)}")  # noqa: T201
+    assert all(doc["expires_at"] is not None for doc in left)
+
+    again = await alice.put_multipart(photo)
+    assert again.status == 202, again.body
+    [doc] = await srv.services.store.tenant("t1", "customers").find({"_id": alice_id})
+    [named] = [f["file_id"] for f in doc["files"] if f["name"] == "photo_id_front"]
+    stored = {d["_id"]: d for d in await files.find({})}
+    assert stored[named]["expires_at"] is None  # attached by the PUT that named it
+
+    repo = erasures_for(tenant_of(srv, "t1"), srv.services.store).files
+    deleted, attached = await repo.purge_expired(time.time() + 48 * 3600)
+    assert (deleted, attached) == (len(stored) - 1, 0)
+    assert [d["_id"] for d in await files.find({})] == [named]
+    assert (await alice.get(id=alice_id)).json["provided_fields"]["photo_id_front"]
+    assert (await bob.get(id=bob_id)).status == 200
+    assert await srv.services.store.tenant("t2", "files").find({}) == []
 
 
 async def test_the_budget_is_the_requests_own(proxy: LatencyProxy) -> None:

@@ -115,7 +115,44 @@ async def test_files_are_chunked_sealed_and_bound(store: Store) -> None:
     await blobs.replace_one({"_id": f"{info.id}.0"}, {**second, "_id": f"{info.id}.0"})
     with pytest.raises(DecryptionError):
         await files.read(info.id)
-    assert await files.purge_expired(time.time() + 48 * 3600) == 1
+    assert await files.purge_expired(time.time() + 48 * 3600) == (1, 0)
     assert await files.get(info.id) is None
     assert await blobs.count({}) == 1
     assert await files.read(small.id) == b"%PDF-small"
+
+
+async def test_expired_files_their_customers_record_names_are_attached_not_deleted(
+        store: Store) -> None:
+    """What a PUT cut between its record's write and attaching its files leaves: files that
+    expire although the record names them. The purge attaches those (and only those: a file
+    named by another customer's record, or by a record of another tenant, is no reference)."""
+    later = time.time() + 48 * 3600
+    files = FileRepository(store, "t1", cipher("t1"))
+    named = await files.create(b"%PDF-named", "application/pdf", owner_ix="o", account_ix="a",
+                               customer_id="c1")
+    unnamed = await files.create(b"%PDF-unnamed", "application/pdf", owner_ix="o",
+                                 account_ix="a", customer_id="c1")
+    foreign = await files.create(b"%PDF-foreign", "application/pdf", owner_ix="o",
+                                 account_ix="a", customer_id="c1")
+    await store.tenant("t1", "customers").insert_one(
+        {"_id": "c1", "files": [{"name": "photo_id_front", "file_id": named.id}]})
+    await store.tenant("t1", "customers").insert_one(
+        {"_id": "c2", "files": [{"name": "photo_id_front", "file_id": foreign.id}]})
+    await store.tenant("t2", "customers").insert_one(
+        {"_id": "c1", "files": [{"name": "photo_id_back", "file_id": unnamed.id}]})
+    other_tenant = FileRepository(store, "t2", cipher("t2"))
+    theirs = await other_tenant.create(b"%PDF-t2", "application/pdf", owner_ix="o",
+                                       account_ix="a", customer_id="c1")
+
+    assert await files.purge_expired(later) == (2, 1)
+    kept = await files.get(named.id)
+    assert kept is not None
+    assert kept.expires_at is None
+    assert kept.customer_id == "c1"
+    assert await files.read(named.id) == b"%PDF-named"
+    assert await files.get(unnamed.id) is None
+    assert await files.get(foreign.id) is None
+    assert await files.purge_expired(later) == (0, 0)
+    # t2's file was not t1's purge's to touch; t2's own purge deletes it (no record names it).
+    assert await other_tenant.get(theirs.id) is not None
+    assert await other_tenant.purge_expired(later) == (1, 0)

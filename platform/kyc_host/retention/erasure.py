@@ -62,6 +62,7 @@ class PurgeReport:
     resurrected: list[str] = field(default_factory=list)  # racing writes removed again
     paused: list[str] = field(default_factory=list)  # due, but under legal hold
     expired_files: int = 0
+    attached_files: int = 0  # expired, but named by their customer's record: a PUT cut midway
     interrupted_files: int = 0  # leftover chunks of crashed file writes/deletes removed
     exposed: int = 0  # shredded customers whose KEK version was still held before this run
     kek_rotated: bool = False
@@ -70,7 +71,7 @@ class PurgeReport:
     def to_json(self) -> dict[str, Any]:
         return {"tenant": self.tenant, "shredded": self.shredded, "finished": self.finished,
                 "resurrected": self.resurrected, "legal_hold": self.paused,
-                "expired_files": self.expired_files,
+                "expired_files": self.expired_files, "attached_files": self.attached_files,
                 "interrupted_files": self.interrupted_files, "exposed": self.exposed,
                 "kek_rotated": self.kek_rotated, "queue_repaired": self.queue_repaired}
 
@@ -236,7 +237,7 @@ class Erasures:
                 await self._finish(doc, actor)
         await self._sweep_resurrected(at, report, dry_run)
         if not dry_run:
-            report.expired_files = await self.files.purge_expired(at)
+            report.expired_files, report.attached_files = await self.files.purge_expired(at)
             report.interrupted_files = await self.files.purge_interrupted(at)
         return report
 

@@ -308,14 +308,23 @@ class Sep12Service:
         owner = params.token_principal(identity)
         if identity.client_domain:  # selects the tenant's default callback URL for this wallet
             record.client_domain = identity.client_domain
+        # New and linked files keep expiring until the record naming them is written: a PUT
+        # cut before that leaves nothing that never expires, and one cut after it leaves
+        # files that the purge job attaches (store/files.py purge_expired).
+        to_attach: list[str] = []
         for name, (data, media, digest) in changes.uploads.items():
             info = await self.files.create(
                 data, media, owner_ix=self.customers.identity_index(owner.key),
                 account_ix=self.customers.account_index(owner.account), customer_id=record.id,
-                attached=True, owner_key=owner.key, digest=digest)
+                owner_key=owner.key, digest=digest)
             record.files[name] = info.id
+            to_attach.append(info.id)
         for name, info in changes.linked.items():
             record.files[name] = info.id
+            if info.expires_at is not None:
+                if info.customer_id != record.id:
+                    await self.files.claim(info.id, record.id)
+                to_attach.append(info.id)
         record.fields.update(changes.values)
         for name, code in changes.codes.items():
             record.verifications[name] = Verification(code)
@@ -325,9 +334,9 @@ class Sep12Service:
             _reset_decisions(record, {*changes.values, *changes.uploads, *changes.linked})
         if decision is not None:
             record.type_state(type_name).decision = decision
-        for info in changes.linked.values():
-            await self.files.attach(info.id, record.id)
         await self._save_status(record, type_name)
+        for file_id in to_attach:
+            await self.files.attach(file_id, record.id)
         await self.files.delete(sorted(replaced - set(record.files.values())))
 
     async def _save_status(self, record: CustomerRecord, type_name: str) -> CustomerStatus:

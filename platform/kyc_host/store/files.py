@@ -86,6 +86,7 @@ class FileRepository:
         self._files = store.tenant(tenant_id, "files")
         self._blobs = store.tenant(tenant_id, "blobs")
         self._journal = store.tenant(tenant_id, "blob_journal")
+        self._customers = store.tenant(tenant_id, "customers")
 
     async def digest(self, data: bytes) -> str:
         """The keyed digest of a file's contents (equality checks without plaintext), in a
@@ -181,11 +182,34 @@ class FileRepository:
     async def delete_for_customer(self, customer_id: str) -> int:
         return await self.delete([f.id for f in await self.for_customer(customer_id)])
 
-    async def purge_expired(self, now: float | None = None) -> int:
-        """Delete files that were never attached to a customer before they expired."""
+    async def claim(self, file_id: str, customer_id: str) -> None:
+        """Name the customer whose record is about to reference the file (which keeps
+        expiring until :meth:`attach`), so that :meth:`purge_expired` finds the reference."""
+        await self._files.update_one({"_id": file_id}, set={"customer_id": customer_id})
+
+    async def purge_expired(self, now: float | None = None) -> tuple[int, int]:
+        """Delete the files that expired unattached, except those their customer's record
+        names, which are attached instead. A PUT writes the record before it attaches the
+        files the record names, so a PUT cut before its record's write leaves only files
+        that expire, and one cut between the two leaves named files this finds. Returns
+        (files deleted, files attached)."""
         cutoff = time.time() if now is None else now
-        docs = await self._files.find({"expires_at": lt(cutoff)}, limit=1000)
-        return await self.delete([str(d["_id"]) for d in docs if d.get("expires_at")])
+        docs = [d for d in await self._files.find({"expires_at": lt(cutoff)}, limit=1000)
+                if d.get("expires_at")]
+        owners = sorted({str(d["customer_id"]) for d in docs if d.get("customer_id")})
+        named: set[tuple[str, str]] = set()
+        if owners:
+            for doc in await self._customers.find({"_id": in_(owners)}, fields=["files"]):
+                named |= {(str(doc["_id"]), str(f["file_id"])) for f in doc.get("files") or ()}
+        attached = 0
+        expired = []
+        for doc in docs:
+            if (str(doc.get("customer_id")), str(doc["_id"])) in named:
+                await self.attach(str(doc["_id"]), str(doc["customer_id"]))
+                attached += 1
+            else:
+                expired.append(str(doc["_id"]))
+        return await self.delete(expired), attached
 
     async def purge_interrupted(self, now: float | None = None) -> int:
         """Remove the chunks of creates and deletes that a crash interrupted: journal entries
