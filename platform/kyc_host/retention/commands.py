@@ -54,9 +54,9 @@ async def purge(services: Services, args: argparse.Namespace) -> int:
     for r in reports:
         _out(f"{r.tenant}: {verb} {len(r.shredded)}, finished {len(r.finished)} interrupted, "
              f"removed {len(r.resurrected)} resurrected, {len(r.paused)} paused by legal hold, "
-             f"{r.expired_files} expired uploads, {r.attached_files} uploads a cut PUT left "
-             f"unattached attached, review-queue rows of "
-             f"{len(r.queue_repaired)} customers repaired"
+             f"{r.expired_files} expired uploads, {r.attached_files} attached (named by a "
+             f"record a cut PUT wrote), review-queue rows of {len(r.queue_repaired)} "
+             f"customers repaired"
              + ("; KEK rotated so copies taken before these erasures cannot be read"
                 if r.kek_rotated else ""))
     return OK

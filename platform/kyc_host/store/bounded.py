@@ -15,7 +15,8 @@ busy writer, it ran into its client's 10 s timeout without any one of them being
 A wallet request's MongoDB operations are bounded the same way (:func:`store_time`, used by
 store/mongo.py): they may take :data:`REQUEST_STORE_SECONDS` in all, each one getting what is
 left as its timeout. The client's own timeout is per operation, so on a slow (not stopped)
-server a PUT's dozen operations of a second each ran past every client's timeout.
+server a PUT's four or five operations, or a DELETE's twenty, of a second or more each ran
+past the clients' timeouts.
 """
 
 from __future__ import annotations
