@@ -22,6 +22,9 @@ asyncio TCP proxy between app and DB to add latency").
   answering in 0.4 s is 503 within 5 s; whatever it had done by then, the retry and the
   purge job leave the customer erased (no record, identity, file or review-queue row, a
   "shredded" tombstone and its proof in the audit log), the other customer untouched.
+- :func:`test_uploads_cut_by_the_budget_leave_no_file_that_never_expires`: photo-replacing
+  PUTs cut at every point of their writes leave no unnamed file that would never expire, and
+  the purge leaves exactly the file the record names.
 - :func:`test_the_budget_is_the_requests_own`: the store-level rule: a request's operations
   share its budget, each bounded by what is left; once spent, the next is refused without
   reaching the server; a task the request starts, and work outside a request, are not held
@@ -230,44 +233,56 @@ async def test_an_erasure_cut_by_the_budget_is_finished(
     assert (await carol.get(id=carol_id)).status == 200
 
 
-async def test_an_upload_cut_by_the_budget_leaves_no_file_that_never_expires(
+async def test_uploads_cut_by_the_budget_leave_no_file_that_never_expires(
     make_server: MakeServer, proxy: LatencyProxy
 ) -> None:
-    """A multipart PUT cut after its file was stored but before its record named it: the
-    file keeps expiring (it once was stored as attached, never to expire, and a wallet
-    retrying such PUTs filled its ``max_files_per_identity``); the retry is stored and
-    attached; the purge deletes only the cut PUT's file."""
+    """Multipart PUTs replacing a customer's photo on a store ever faster, so that the budget
+    cuts each at another point of its writes (storing the new file, letting the old one
+    expire, writing the record, attaching, deleting the old one), or not at all: after each,
+    no file that no record names is kept for ever (files were once stored as attached before
+    the record named them, and a wallet retrying such cut PUTs filled its
+    ``max_files_per_identity`` with files nothing would ever remove), and every file the
+    record names is there and its own. The purge then leaves exactly the named file,
+    attached, and the other tenant's files are untouched."""
     srv = await make_server(kyc_doc("t1", ["a.test"]), kyc_doc("t2", ["b.test"]))
     alice = Wallet(srv, "a.test", "t1")
     bob = Wallet(srv, "b.test", "t2", keypair=alice.keypair)
     alice_id = await alice.create()
-    bob_id = await bob.create()
     photo = [("photo_id_front", png_of_size(20_000), "id.png")]
+    assert (await bob.put_multipart(photo)).status == 202
+    assert (await alice.put_multipart(photo)).status == 202
+    store = srv.services.store
+    files, customers = store.tenant("t1", "files"), store.tenant("t1", "customers")
+    bob_files = await store.tenant("t2", "files").find({})
 
-    proxy.delay = 0.6
-    cut, took = await timed(alice.put_multipart(photo))
-    print(f"\nmultipart PUT on a store answering in 0.6 s: {cut.status} in {took:.2f} s")  # noqa: T201
-    assert cut.status == 503, cut.body
-    proxy.delay = 0.0
-    files = srv.services.store.tenant("t1", "files")
+    async def named() -> set[str]:
+        [doc] = await customers.find({"_id": alice_id})
+        return {f["file_id"] for f in doc["files"]}
+
+    outcomes = []
+    for n, delay in enumerate((0.6, 0.45, 0.35, 0.28, 0.22, 0.17, 0.12)):
+        proxy.delay = delay
+        reply, took = await timed(alice.put_multipart(
+            [("photo_id_front", png_of_size(20_000, n + 1), "id.png")]))
+        proxy.delay = 0.0
+        assert reply.status in (202, 503), reply.body
+        stored = {d["_id"]: d for d in await files.find({})}
+        names = await named()
+        outcomes.append((delay, reply.status, len(stored)))
+        assert names <= set(stored)
+        assert all(stored[f]["customer_id"] == alice_id for f in names)
+        kept_for_ever = [f for f, d in stored.items() if f not in names and not d["expires_at"]]
+        assert kept_for_ever == [], (delay, reply.status)
+    print(f"\n(delay, status, files of t1) per PUT: {outcomes}")  # noqa: T201
+    assert {status for _, status, _ in outcomes} == {202, 503}  # some were cut, some not
+
+    repo = erasures_for(tenant_of(srv, "t1"), store).files
+    await repo.purge_expired(time.time() + 48 * 3600)
     left = await files.find({})
-    print(f"files the cut PUT left: {len(left)}")  # noqa: T201
-    assert all(doc["expires_at"] is not None for doc in left)
-
-    again = await alice.put_multipart(photo)
-    assert again.status == 202, again.body
-    [doc] = await srv.services.store.tenant("t1", "customers").find({"_id": alice_id})
-    [named] = [f["file_id"] for f in doc["files"] if f["name"] == "photo_id_front"]
-    stored = {d["_id"]: d for d in await files.find({})}
-    assert stored[named]["expires_at"] is None  # attached by the PUT that named it
-
-    repo = erasures_for(tenant_of(srv, "t1"), srv.services.store).files
-    deleted, attached = await repo.purge_expired(time.time() + 48 * 3600)
-    assert (deleted, attached) == (len(stored) - 1, 0)
-    assert [d["_id"] for d in await files.find({})] == [named]
+    assert {d["_id"] for d in left} == await named()
+    assert all(d["expires_at"] is None for d in left)
     assert (await alice.get(id=alice_id)).json["provided_fields"]["photo_id_front"]
-    assert (await bob.get(id=bob_id)).status == 200
-    assert await srv.services.store.tenant("t2", "files").find({}) == []
+    assert await store.tenant("t2", "files").find({}) == bob_files
 
 
 async def test_the_budget_is_the_requests_own(proxy: LatencyProxy) -> None:

@@ -22,8 +22,9 @@ killed). Index:
 - :func:`check_store`: the store is consistent: every record decrypts, every file a record
   references exists with all its chunks and belongs to that record, every identity of a
   record leads back to it, every identity document points at a record (see
-  :func:`check_identities` for the one transient exception an interruption can leave), and
-  unreferenced files are at most as many as unacknowledged attempts.
+  :func:`check_identities` for the one transient exception an interruption can leave), no
+  file that no record names is kept for ever, and after the purge job (run as if every expiry
+  had come) the files are exactly those the records name, all attached.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +46,7 @@ from conftest import RunningServer, make_tenant_doc
 from kyc_host.management.auth import TENANT_SCOPES, create_token
 from kyc_host.sep.sep12_tenant import service_for
 from kyc_host.store.customers import CustomerRecord
+from kyc_host.store.files import UNATTACHED_TTL_SECONDS
 from sep12.sep12_helpers import Reply, Wallet, png_of_size
 
 MAX_CUSTOMERS_PER_ACCOUNT = 6
@@ -294,20 +297,27 @@ async def check_store(srv: RunningServer, tenant_id: str, ledger: Ledger) -> Non
             info = await files.get(file_id)
             assert info is not None, f"{record.id}: {name} points at a missing file"
             assert info.customer_id == record.id
-            assert info.expires_at is None
             data = await files.read(file_id)  # every chunk present and intact
             assert data is not None
             assert len(data) == info.size
         for key in record.identities.values():
             assert await customers.customer_id_for(key) == record.id, f"{record.id}: {key}"
     await check_identities(srv, tenant_id, records, ledger)
-    # An interruption between storing a file and writing the record that references it (or
-    # between that write and deleting the file it replaced) leaves a file no record
-    # references. Only an unacknowledged attempt can leave one, so there are at most as many.
-    referenced = {f for r in records.values() for f in r.files.values()}
-    unreferenced = [d for d in await store.tenant(tenant_id, "files").find({})
-                    if d["_id"] not in referenced and d.get("expires_at") is None]
-    assert len(unreferenced) <= ledger.unacknowledged
+    # A PUT attaches its files (no expiry) only after writing the record that names them,
+    # and lets the files it replaces expire before that write: an interruption anywhere
+    # leaves named files expiring (the purge attaches them) and unnamed ones expiring (the
+    # purge deletes them), never an unnamed file that would stay for ever. The purge, run
+    # as if every expiry had come, leaves exactly the named files, all attached.
+    unnamed_for_ever = [d["_id"] for d in await store.tenant(tenant_id, "files").find({})
+                        if d.get("expires_at") is None
+                        and d["_id"] not in {f for r in records.values()
+                                             for f in r.files.values()}]
+    assert unnamed_for_ever == []
+    await files.purge_expired(time.time() + 2 * UNATTACHED_TTL_SECONDS)
+    named = {f: r.id for r in records.values() for f in r.files.values()}
+    left = await store.tenant(tenant_id, "files").find({})
+    assert {d["_id"]: d.get("customer_id") for d in left} == named
+    assert all(d.get("expires_at") is None for d in left)
 
 
 async def check_identities(srv: RunningServer, tenant_id: str,

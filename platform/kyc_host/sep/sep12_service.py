@@ -308,9 +308,10 @@ class Sep12Service:
         owner = params.token_principal(identity)
         if identity.client_domain:  # selects the tenant's default callback URL for this wallet
             record.client_domain = identity.client_domain
-        # New and linked files keep expiring until the record naming them is written: a PUT
-        # cut before that leaves nothing that never expires, and one cut after it leaves
-        # files that the purge job attaches (store/files.py purge_expired).
+        # New and linked files keep expiring until the record naming them is written, and
+        # the files it stops naming expire from before that write: a PUT cut anywhere leaves
+        # no unnamed file that never expires, and the purge job attaches an expired file its
+        # customer's record names (store/files.py purge_expired).
         to_attach: list[str] = []
         for name, (data, media, digest) in changes.uploads.items():
             info = await self.files.create(
@@ -334,10 +335,13 @@ class Sep12Service:
             _reset_decisions(record, {*changes.values, *changes.uploads, *changes.linked})
         if decision is not None:
             record.type_state(type_name).decision = decision
+        gone = sorted(replaced - set(record.files.values()))
+        for file_id in gone:
+            await self.files.detach(file_id)
         await self._save_status(record, type_name)
         for file_id in to_attach:
             await self.files.attach(file_id, record.id)
-        await self.files.delete(sorted(replaced - set(record.files.values())))
+        await self.files.delete(gone)
 
     async def _save_status(self, record: CustomerRecord, type_name: str) -> CustomerStatus:
         """Recompute ``type_name``'s status and write the record: the one path by which a

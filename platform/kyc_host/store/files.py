@@ -187,6 +187,13 @@ class FileRepository:
         expiring until :meth:`attach`), so that :meth:`purge_expired` finds the reference."""
         await self._files.update_one({"_id": file_id}, set={"customer_id": customer_id})
 
+    async def detach(self, file_id: str) -> None:
+        """Let a file that its customer's record is about to stop naming expire, as an
+        unattached upload does: if the record's write happens, :meth:`purge_expired` deletes
+        the file should the caller not get to deleting it; if not, it attaches it again."""
+        await self._files.update_one({"_id": file_id},
+                                     set={"expires_at": time.time() + UNATTACHED_TTL_SECONDS})
+
     async def purge_expired(self, now: float | None = None) -> tuple[int, int]:
         """Delete the files that expired unattached, except those their customer's record
         names, which are attached instead. A PUT writes the record before it attaches the
