@@ -71,6 +71,9 @@ class PlatformSettings:
     # Public requests are refused (503 + Retry-After) while the event loop is this many
     # seconds behind (looplag.py); 0 disables shedding.
     overload_lag_seconds: float = 0.5
+    # MongoDB: what one wallet request's store operations may take in all (store/bounded.py);
+    # 0: only the client's 4 s per operation.
+    request_store_seconds: float = 4.0
     # A tenant with this many requests in flight in one process lets the other tenants'
     # ready work go first (web/turns.py); 0 disables it.
     busy_tenant_requests: int = 16
@@ -295,6 +298,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("overload_lag_seconds", _seconds(0.01, 60, zero=True), 0.5,
             "Shed load: public requests get 503 + Retry-After while this process's event loop "
             "is this many seconds behind (0: never shed)."),
+    Setting("request_store_seconds", _seconds(0.1, 600, zero=True), 4.0,
+            "MongoDB: what one wallet request's store operations may take in all, each "
+            "getting what is left as its timeout; past it, 503 + Retry-After (0: 4 s each)."),
     Setting("busy_tenant_requests", _count(1, 100_000, zero=True), 16,
             "A tenant with this many requests in flight in one process, and more than "
             "twice the average of the other tenants with requests in flight, is busy: its "

@@ -18,6 +18,8 @@ asyncio TCP proxy between app and DB to add latency").
   same PUT is stored and read back, the other customer of t1 untouched. The cut came at the
   record's write, which the store carried out anyway: the review-queue row was left behind
   (and the identical retry wrote nothing) until the purge job's repair.
+- :func:`test_the_budget_is_a_setting`: ``request_store_seconds`` 2 s cuts at 2 s, 0 cuts
+  nothing.
 - :func:`test_an_erasure_cut_by_the_budget_is_finished`: a DELETE (22 operations) on a store
   answering in 0.4 s is 503 within 5 s; whatever it had done by then, the retry and the
   purge job leave the customer erased (no record, identity, file or review-queue row, a
@@ -189,6 +191,28 @@ async def test_a_wallet_request_on_a_slow_store_is_answered_503_within_5_s(
     stored = await store.tenant("t1", "customers").find({})
     assert {doc["_id"] for doc in stored} == {alice_id, carol_id}
     assert (await carol.get(id=carol_id)).status == 200
+
+
+@pytest.mark.parametrize("budget", [2.0, 0.0])
+async def test_the_budget_is_a_setting(make_server: MakeServer, proxy: LatencyProxy,
+                                       budget: float) -> None:
+    """``request_store_seconds``: 2 s cuts a PUT of four 0.8 s answers at 2 s (a GET of two
+    fits); 0 leaves only the client's 4 s per operation, and the same PUT is stored."""
+    srv = await make_server(kyc_doc("t1", ["a.test"]), request_store_seconds=budget)
+    alice = Wallet(srv, "a.test", "t1")
+    await alice.create(last_name="Before")
+    proxy.delay = 0.8
+    (put, put_took), (get, _) = await asyncio.gather(
+        timed(alice.put({"last_name": "After"})), timed(alice.get()))
+    proxy.delay = 0.0
+    print(f"\nrequest_store_seconds = {budget}: PUT {put.status} in {put_took:.2f} s")  # noqa: T201
+    assert get.status == 200, get.body
+    if budget:
+        assert put.status == 503, put.body
+        assert put_took < budget + 0.5
+    else:
+        assert put.status == 202, put.body
+        assert put_took > 3.0  # four answers of 0.8 s, none cut
 
 
 async def test_an_erasure_cut_by_the_budget_is_finished(

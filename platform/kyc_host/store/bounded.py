@@ -13,10 +13,10 @@ its next one. A PUT makes several store operations in a row; each waiting 2-3 s 
 busy writer, it ran into its client's 10 s timeout without any one of them being refused.
 
 A wallet request's MongoDB operations are bounded the same way (:func:`store_time`, used by
-store/mongo.py): they may take :data:`REQUEST_STORE_SECONDS` in all, each one getting what is
-left as its timeout. The client's own timeout is per operation, so on a slow (not stopped)
-server a PUT's four or five operations, or a DELETE's twenty, of a second or more each ran
-past the clients' timeouts.
+store/mongo.py): they may take the ``request_store_seconds`` setting in all (4 s by default),
+each one getting what is left as its timeout. The client's own timeout is per operation, so
+on a slow (not stopped) server a PUT's four or five operations, or a DELETE's twenty, of a
+second or more each ran past the clients' timeouts.
 """
 
 from __future__ import annotations
@@ -39,11 +39,6 @@ QUEUE_TIMEOUT_SECONDS = 4.0
 #: shared by the request's tasks and the threads working for it); None outside a request.
 _WAITED: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar(
     "kyc_store_waited", default=None)
-
-
-#: What a wallet request's MongoDB operations may take in all (the client's timeoutMS is 4 s
-#: per operation): a request the store cannot serve in time is answered 503 by then.
-REQUEST_STORE_SECONDS = 4.0
 
 
 @dataclass

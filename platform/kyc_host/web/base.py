@@ -82,9 +82,9 @@ class BaseHandler(RequestHandler):
         # known): reliability-plan B8. prepare() runs in the request's own task.
         bind_request(self.request_id, None)
         # The request's store work waits 4 s in all, at most; a wallet request's MongoDB
-        # operations take 4 s in all, at most (admin requests: 4 s each).
-        bounded.start_request(
-            store_seconds=bounded.REQUEST_STORE_SECONDS if self.resolves_tenant else None)
+        # operations take request_store_seconds in all, at most (admin requests: 4 s each).
+        budget = self.services.settings.request_store_seconds
+        bounded.start_request(store_seconds=budget if self.resolves_tenant and budget else None)
         if self.resolves_tenant:
             self._shed_if_overloaded()
             self._tenant = self._resolve_tenant()
