@@ -308,13 +308,11 @@ async def check_store(srv: RunningServer, tenant_id: str, ledger: Ledger) -> Non
     # leaves named files expiring (the purge attaches them) and unnamed ones expiring (the
     # purge deletes them), never an unnamed file that would stay for ever. The purge, run
     # as if every expiry had come, leaves exactly the named files, all attached.
+    named = {f: r.id for r in records.values() for f in r.files.values()}
     unnamed_for_ever = [d["_id"] for d in await store.tenant(tenant_id, "files").find({})
-                        if d.get("expires_at") is None
-                        and d["_id"] not in {f for r in records.values()
-                                             for f in r.files.values()}]
+                        if d.get("expires_at") is None and d["_id"] not in named]
     assert unnamed_for_ever == []
     await files.purge_expired(time.time() + 2 * UNATTACHED_TTL_SECONDS)
-    named = {f: r.id for r in records.values() for f in r.files.values()}
     left = await store.tenant(tenant_id, "files").find({})
     assert {d["_id"]: d.get("customer_id") for d in left} == named
     assert all(d.get("expires_at") is None for d in left)

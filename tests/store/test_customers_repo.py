@@ -104,8 +104,12 @@ async def test_files_are_chunked_sealed_and_bound(store: Store) -> None:
     assert info.customer_id is None
     assert await files.read(info.id) == data
     small = await files.create(b"%PDF-small", "application/pdf", owner_ix="o",
-                               account_ix="a", customer_id="c", attached=True)
-    assert small.expires_at is None
+                               account_ix="a", customer_id="c")
+    assert small.expires_at is not None
+    await files.attach(small.id, "c")
+    attached = await files.get(small.id)
+    assert attached is not None
+    assert attached.expires_at is None
     # Swapping two chunks (or moving one to another file) breaks authentication.
     blobs = store.tenant("t1", "blobs")
     first, second = (await blobs.find_one({"_id": f"{info.id}.0"}),

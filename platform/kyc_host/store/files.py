@@ -95,12 +95,12 @@ class FileRepository:
         return await threaded_if_large(len(data), self.cipher.digest, "file", data)
 
     async def create(self, data: bytes, content_type: str, *, owner_ix: str, account_ix: str,
-                     customer_id: str | None = None, attached: bool = False,
-                     owner_key: str | None = None, digest: str | None = None) -> FileInfo:
+                     customer_id: str | None = None, owner_key: str | None = None,
+                     digest: str | None = None) -> FileInfo:
         """Encrypt and store a file; the file object is written last, after every chunk.
 
-        ``attached`` files are referenced by a customer field already and never expire;
-        others expire after UNATTACHED_TTL_SECONDS unless a PUT references them first.
+        A new file expires after UNATTACHED_TTL_SECONDS unless :meth:`attach` is called
+        once a written record names it (so nothing that no record names is kept for ever).
         ``owner_key`` (the uploader's identity key) is kept sealed under the file's own key,
         so a reindex can recompute the owner's blind indexes. ``digest`` is
         :meth:`digest` of ``data`` if the caller has it already.
@@ -118,7 +118,7 @@ class FileRepository:
             await self._blobs.insert_one({"_id": _chunk_id(file_id, n), "data": blob})
         now = time.time()
         info = FileInfo(id=file_id, content_type=content_type, size=len(data), created_at=now,
-                        expires_at=None if attached else now + UNATTACHED_TTL_SECONDS,
+                        expires_at=now + UNATTACHED_TTL_SECONDS,
                         customer_id=customer_id, owner_ix=owner_ix, account_ix=account_ix,
                         digest=digest or await self.digest(data))
         sealed_owner = None if owner_key is None else cipher.seal_text("owner", owner_key)
