@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -123,6 +125,64 @@ async def test_files_are_chunked_sealed_and_bound(store: Store) -> None:
     assert await files.get(info.id) is None
     assert await blobs.count({}) == 1
     assert await files.read(small.id) == b"%PDF-small"
+
+
+class _ClaimedAfterListing:
+    """The files collection of a FileRepository, running ``between`` right after the purge
+    listed the expired files: the interleaving a PUT linking an old upload can meet."""
+
+    def __init__(self, inner: Any, between: Callable[[], Awaitable[None]]) -> None:
+        self.inner, self.between = inner, between
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def find(self, flt: dict[str, Any], **kw: Any) -> list[dict[str, Any]]:
+        docs = await self.inner.find(flt, **kw)
+        if "expires_at" in flt:
+            await self.between()
+        return list(docs)
+
+
+async def test_a_file_claimed_while_the_purge_runs_is_kept_and_a_purged_one_cannot_be_claimed(
+        store: Store) -> None:
+    """A wallet links its upload a day later (it has just expired): the PUT claims it (which
+    renews the expiry), writes the record naming it, then attaches it. A purge that listed the
+    file as expired before the claim must not delete it afterwards; a file the purge deleted
+    first cannot be claimed (the PUT answers 404 instead of naming a missing file)."""
+    files = FileRepository(store, "t1", cipher("t1"))
+    customers = store.tenant("t1", "customers")
+    linked = await files.create(b"%PDF-linked", "application/pdf", owner_ix="o", account_ix="a")
+    stale = await files.create(b"%PDF-stale", "application/pdf", owner_ix="o", account_ix="a")
+    theirs = FileRepository(store, "t2", cipher("t2"))
+    t2_file = await theirs.create(b"%PDF-t2", "application/pdf", owner_ix="o", account_ix="a")
+    past = time.time() - 1
+    for repo, info in ((files, linked), (files, stale), (theirs, t2_file)):
+        await store.tenant(repo.tenant_id, "files").update_one(
+            {"_id": info.id}, set={"expires_at": past})
+
+    async def put_links_the_file() -> None:
+        assert await files.claim(linked.id, "c1")
+        await customers.insert_one(
+            {"_id": "c1", "files": [{"name": "photo_id_front", "file_id": linked.id}]})
+
+    files._files = _ClaimedAfterListing(files._files, put_links_the_file)  # type: ignore[assignment]
+    assert await files.purge_expired() == (1, 0)  # the stale one only
+    kept = await files.get(linked.id)
+    assert kept is not None
+    assert kept.customer_id == "c1"
+    assert kept.expires_at is not None
+    assert kept.expires_at > time.time() + 23 * 3600
+    assert await files.read(linked.id) == b"%PDF-linked"
+    assert await store.tenant("t1", "blob_journal").count({}) == 0
+    await files.attach(linked.id, "c1")
+    assert await files.get(stale.id) is None
+    assert not await files.claim(stale.id, "c1")
+    assert await files.get(stale.id) is None
+    # t2's expired file: not t1's purge's, and t1 cannot claim it.
+    assert not await files.claim(t2_file.id, "c1")
+    assert await theirs.read(t2_file.id) == b"%PDF-t2"
+    assert await theirs.purge_expired() == (1, 0)
 
 
 async def test_expired_files_their_customers_record_names_are_attached_not_deleted(

@@ -313,6 +313,14 @@ class Sep12Service:
         # no unnamed file that never expires, and the purge job attaches an expired file its
         # customer's record names (store/files.py purge_expired).
         to_attach: list[str] = []
+        for name, info in changes.linked.items():
+            record.files[name] = info.id
+            if info.expires_at is not None:
+                # Also renews its expiry: a purge from now on keeps it, and one since
+                # _linkable_file read it may have deleted it (404, before the record's write).
+                if not await self.files.claim(info.id, record.id):
+                    raise NotFound(FILE_NOT_FOUND)
+                to_attach.append(info.id)
         for name, (data, media, digest) in changes.uploads.items():
             info = await self.files.create(
                 data, media, owner_ix=self.customers.identity_index(owner.key),
@@ -320,12 +328,6 @@ class Sep12Service:
                 owner_key=owner.key, digest=digest)
             record.files[name] = info.id
             to_attach.append(info.id)
-        for name, info in changes.linked.items():
-            record.files[name] = info.id
-            if info.expires_at is not None:
-                if info.customer_id != record.id:
-                    await self.files.claim(info.id, record.id)
-                to_attach.append(info.id)
         record.fields.update(changes.values)
         for name, code in changes.codes.items():
             record.verifications[name] = Verification(code)

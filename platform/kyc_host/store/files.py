@@ -165,15 +165,24 @@ class FileRepository:
             blobs.append(chunk["data"])
         return await threaded_if_large(int(doc["size"]), _open_chunks, cipher, file_id, blobs)
 
-    async def delete(self, file_ids: Sequence[str]) -> int:
-        """Delete files and their contents (object first, so it stops being listed)."""
+    async def delete(self, file_ids: Sequence[str], *,
+                     expired_before: float | None = None) -> int:
+        """Delete files and their contents (object first, so it stops being listed). With
+        ``expired_before``, only files that still expire before it: one a PUT has claimed
+        since the caller listed it (:meth:`claim` renews the expiry) is kept."""
         deleted = 0
         for file_id in file_ids:
-            doc = await self._files.find_one({"_id": file_id})
+            flt: dict[str, Any] = {"_id": file_id}
+            if expired_before is not None:
+                flt["expires_at"] = lt(expired_before)
+            doc = await self._files.find_one(flt)
             if doc is None:
                 continue
             await self._begin(file_id, int(doc["chunks"]))
-            deleted += await self._files.delete_one({"_id": file_id})
+            if not await self._files.delete_one(flt):  # claimed meanwhile: chunks stay too
+                await self._journal.delete_one({"_id": file_id})
+                continue
+            deleted += 1
             ids = [_chunk_id(file_id, n) for n in range(int(doc["chunks"]))]
             await self._blobs.delete_many({"_id": in_(ids)})
             await self._journal.delete_one({"_id": file_id})
@@ -182,10 +191,16 @@ class FileRepository:
     async def delete_for_customer(self, customer_id: str) -> int:
         return await self.delete([f.id for f in await self.for_customer(customer_id)])
 
-    async def claim(self, file_id: str, customer_id: str) -> None:
-        """Name the customer whose record is about to reference the file (which keeps
-        expiring until :meth:`attach`), so that :meth:`purge_expired` finds the reference."""
-        await self._files.update_one({"_id": file_id}, set={"customer_id": customer_id})
+    async def claim(self, file_id: str, customer_id: str) -> bool:
+        """Name the customer whose record is about to reference the file, and renew its
+        expiry (it keeps expiring until :meth:`attach`), so that neither a purge running
+        meanwhile deletes it nor one after a cut PUT misses the reference
+        (:meth:`purge_expired`). False if the file is gone: a purge deleted it after the
+        caller read it, and the record must not name it."""
+        return bool(await self._files.update_one(
+            {"_id": file_id},
+            set={"customer_id": customer_id,
+                 "expires_at": time.time() + UNATTACHED_TTL_SECONDS}))
 
     async def detach(self, file_id: str) -> None:
         """Let a file that its customer's record is about to stop naming expire, as an
@@ -216,7 +231,7 @@ class FileRepository:
                 attached += 1
             else:
                 expired.append(str(doc["_id"]))
-        return await self.delete(expired), attached
+        return await self.delete(expired, expired_before=cutoff), attached
 
     async def purge_interrupted(self, now: float | None = None) -> int:
         """Remove the chunks of creates and deletes that a crash interrupted: journal entries
