@@ -353,6 +353,45 @@ async def test_23_files_endpoint(make_server: MakeServer) -> None:
     assert_error(await stranger.put({**ALICE, "photo_id_front_file_id": item["file_id"]}), 404)
 
 
+async def test_23_a_file_the_record_names_is_listed_without_expiry_before_it_is_attached(
+        make_server: MakeServer) -> None:
+    """A PUT attaches its files only after writing the record that names them; one cut in
+    between (store budget, failure, kill -9) leaves them expiring until the purge attaches
+    them. The wallet is told what SEP-12 says: a referenced file has no ``expires_at``; an
+    upload no record names keeps its expiry. Nobody else sees either file."""
+    srv = await two_kyc_tenants(make_server)
+    wallet = Wallet(srv, "a.test", "t1")
+    reply = await wallet.put_multipart([*((k, v, None) for k, v in ALICE.items()),
+                                        ("photo_id_front", PNG, "id.png")])
+    assert reply.status == 202, reply.body
+    customer_id = reply.json["id"]
+    [named] = (await wallet.files(customer_id=customer_id)).json["files"]
+    files = srv.services.store.tenant("t1", "files")
+    await files.update_one({"_id": named["file_id"]}, set={"expires_at": time.time() + 60})
+    spare = (await wallet.upload(png_of_size(300))).json
+    assert spare["customer_id"] == customer_id
+    assert spare["expires_at"].endswith("Z")
+
+    by_customer = {f["file_id"]: f for f in
+                   (await wallet.files(customer_id=customer_id)).json["files"]}
+    assert set(by_customer) == {named["file_id"], spare["file_id"]}
+    assert "expires_at" not in by_customer[named["file_id"]]
+    assert by_customer[spare["file_id"]] == spare
+    [by_id] = (await wallet.files(file_id=named["file_id"])).json["files"]
+    assert by_id == named
+    assert "expires_at" not in named
+    stranger = Wallet(srv, "a.test", "t1")
+    assert (await stranger.files(customer_id=customer_id)).json == {"files": []}
+    assert (await stranger.files(file_id=named["file_id"])).json == {"files": []}
+    t2_wallet = Wallet(srv, "b.test", "t2", keypair=wallet.keypair)
+    assert (await t2_wallet.files(customer_id=customer_id)).json == {"files": []}
+    assert (await t2_wallet.files(file_id=named["file_id"])).json == {"files": []}
+    # What the wallet was told holds: the purge attaches the named file, deletes the spare.
+    service = service_for(tenant_of(srv, "t1"), srv.services.store, srv.services.settings)
+    assert await service.files.purge_expired(time.time() + 48 * 3600) == (1, 1)
+    assert (await wallet.files(customer_id=customer_id)).json == {"files": [named]}
+
+
 async def test_23_eleven_megabyte_file_is_413_json(make_server: MakeServer) -> None:
     srv = await two_kyc_tenants(make_server)
     wallet = Wallet(srv, "a.test", "t1")

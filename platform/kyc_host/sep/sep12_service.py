@@ -466,7 +466,7 @@ class Sep12Service:
                 found = await self.files.for_customer(customer_id)
         except NotFound:
             found = []  # a malformed id matches nothing; this endpoint always answers 200
-        return {"files": [file_object(f) for f in found]}
+        return {"files": [file_object(f) for f in await self.files.as_referenced(found)]}
 
     # --- quotas (429 naming the limit; soft under concurrency: checked, then written) ---
 

@@ -25,9 +25,9 @@ so a 10 MB upload does not stall the event loop for other tenants.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from kyc_host.crypto.records import RecordCipher, TenantCipher
@@ -218,11 +218,7 @@ class FileRepository:
         cutoff = time.time() if now is None else now
         docs = [d for d in await self._files.find({"expires_at": lt(cutoff)}, limit=1000)
                 if d.get("expires_at")]
-        owners = sorted({str(d["customer_id"]) for d in docs if d.get("customer_id")})
-        named: set[tuple[str, str]] = set()
-        if owners:
-            for doc in await self._customers.find({"_id": in_(owners)}, fields=["files"]):
-                named |= {(str(doc["_id"]), str(f["file_id"])) for f in doc.get("files") or ()}
+        named = await self._named(d.get("customer_id") for d in docs)
         attached = 0
         expired = []
         for doc in docs:
@@ -232,6 +228,23 @@ class FileRepository:
             else:
                 expired.append(str(doc["_id"]))
         return await self.delete(expired, expired_before=cutoff), attached
+
+    async def as_referenced(self, files: Sequence[FileInfo]) -> list[FileInfo]:
+        """``files`` as SEP-12 describes them to the wallet: one that its customer's record
+        names is referenced, without ``expires_at``, although its attaching (the PUT's last
+        step) has not happened yet or was cut; the purge attaches it instead of deleting."""
+        named = await self._named(f.customer_id for f in files if f.expires_at is not None)
+        return [replace(f, expires_at=None) if (f.customer_id, f.id) in named else f
+                for f in files]
+
+    async def _named(self, customer_ids: Iterable[str | None]) -> set[tuple[str, str]]:
+        """(customer id, file id) of every file the records of these customers name."""
+        owners = sorted({str(c) for c in customer_ids if c})
+        named: set[tuple[str, str]] = set()
+        if owners:
+            for doc in await self._customers.find({"_id": in_(owners)}, fields=["files"]):
+                named |= {(str(doc["_id"]), str(f["file_id"])) for f in doc.get("files") or ()}
+        return named
 
     async def purge_interrupted(self, now: float | None = None) -> int:
         """Remove the chunks of creates and deletes that a crash interrupted: journal entries
