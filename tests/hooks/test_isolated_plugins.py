@@ -169,6 +169,25 @@ def worker_pids(srv: RunningServer) -> set[int]:
     return {pid for pool in pools_of(srv.services.store) for pid in pool.pids}
 
 
+async def test_a_relative_plugins_dir_is_found_by_workers_too(
+        make_server: MakeServer, plugins: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``plugins_dir`` is relative by default ("plugins", against the directory the server
+    starts from); workers run in ``/``, and used to look for ``/plugins`` (503 for every
+    request of an untrusted tenant). t2's in-process plugin comes from the same directory."""
+    monkeypatch.chdir(plugins.parent)
+    isolated = kyc_doc("t1", ["a.test"], plugin="demo_anchor",
+                       plugin_isolation={"mode": "process", "memory_mib": 192})
+    srv = await make_server(isolated, kyc_doc("t2", ["b.test"], plugin="demo_anchor"),
+                            plugins_dir=Path(plugins.name))
+    sanctioned = {**ALICE, "first_name": "Ivan", "last_name": "Sanctioned"}
+    for host, tenant in (("a.test", "t1"), ("b.test", "t2")):
+        wallet = Wallet(srv, host, tenant)
+        assert (await wallet.put(sanctioned)).status == 202
+        assert (await wallet.get()).json["status"] == "REJECTED"
+        assert (await Wallet(srv, host, tenant, keypair=wallet.keypair).get()).json["id"]
+    assert len(worker_pids(srv)) == 1
+
+
 async def test_untrusted_demo_plugin_decides_end_to_end(make_server: MakeServer,
                                                         plugins: Path) -> None:
     doc = kyc_doc("t1", ["a.test"], plugin="demo_anchor",

@@ -140,7 +140,9 @@ class WorkerProcess:
         try:
             async with asyncio.timeout(STARTUP_TIMEOUT):
                 await worker.send({"op": "init", "plugin": spec.plugin,
-                                   "plugins_dir": str(spec.plugins_dir),
+                                   # absolute: relative to where the server started,
+                                   # not to the worker's "/"
+                                   "plugins_dir": str(spec.plugins_dir.absolute()),
                                    "document": spec.document,
                                    "memory_bytes": spec.memory_bytes, "http": spec.http})
                 answer = await worker.receive()
