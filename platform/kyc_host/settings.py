@@ -277,7 +277,7 @@ SETTINGS: tuple[Setting, ...] = (
             "How often each process checks every tenant (and relays events a crash left)."),
     Setting("callbacks_lease_seconds", _seconds(0.5, 3600), 60.0,
             "How long a claimed delivery attempt stays exclusive (must exceed the timeout)."),
-    Setting("callbacks_attempt_timeout_seconds", _seconds(0.1, 10), 5.0,
+    Setting("callbacks_attempt_timeout_seconds", _seconds(0.1, 5), 5.0,
             "Time limit of one delivery attempt (the outbound client caps it at 5 s)."),
     Setting("callbacks_retry_base_seconds", _seconds(0.01, 3600), 30.0,
             "Wait after the first failed attempt; it doubles with each further failure."),

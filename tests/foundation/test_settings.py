@@ -172,6 +172,22 @@ def test_shipped_config_loads_and_documents_every_key() -> None:
         assert lines[above].startswith("#"), f"{setting.key} has no comment line above it"
 
 
+def test_readme_settings_table_names_every_key() -> None:
+    rows = [line for line in (ROOT / "README.md").read_text().splitlines()
+            if line.startswith("| `")]
+    for setting in SETTINGS:
+        assert any(f"`{setting.key}`" in row.split(" | ")[0] for row in rows), (
+            f"{setting.key} missing from the README's settings table")
+
+
+def test_callback_attempt_timeout_cannot_exceed_the_outbound_clients_limit() -> None:
+    assert load_settings(None, environ={"KYC_HOST_CALLBACKS_ATTEMPT_TIMEOUT_SECONDS": "5"}
+                         ).callbacks_attempt_timeout_seconds == 5.0
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, environ={"KYC_HOST_CALLBACKS_ATTEMPT_TIMEOUT_SECONDS": "6"})
+    assert_one_line_naming(info.value, "callbacks_attempt_timeout_seconds")
+
+
 def test_busy_tenant_requests_from_env_and_off() -> None:
     assert load_settings(None, environ={"KYC_HOST_BUSY_TENANT_REQUESTS": "64"}
                          ).busy_tenant_requests == 64
