@@ -31,6 +31,7 @@ from tornado.web import Application
 from kyc_host import memory
 from kyc_host.callbacks.worker import CallbackWorker
 from kyc_host.crypto.master import KeyProvider, load_key_provider
+from kyc_host.errors import ListenError
 from kyc_host.hooks.isolation import close_pools
 from kyc_host.looplag import LoopLagProbe
 from kyc_host.net import SafeHttpClient
@@ -38,7 +39,7 @@ from kyc_host.procs import die_with_parent
 from kyc_host.ratelimit.budget import UploadBudget
 from kyc_host.retention.purge import PurgeLoop
 from kyc_host.services import Services
-from kyc_host.settings import PlatformSettings
+from kyc_host.settings import Listen, PlatformSettings
 from kyc_host.store import open_store
 from kyc_host.store.base import Store, StoreUnavailable
 from kyc_host.tenancy.registry import TenantRegistry
@@ -261,11 +262,23 @@ Sockets = list[socket.socket]
 
 def bind_listeners(settings: PlatformSettings, *,
                    reuse_port: bool = False) -> tuple[Sockets, Sockets]:
-    public = bind_sockets(settings.public_listen.port, settings.public_listen.host,
-                          reuse_port=reuse_port)
-    admin = bind_sockets(settings.admin_listen.port, settings.admin_listen.host,
-                         reuse_port=reuse_port)
+    """Bind both listeners; raises ListenError (one line: which listener, its address, why)
+    with nothing left bound if either cannot be (address in use, port not permitted, ...)."""
+    public = _bind("public", settings.public_listen, reuse_port)
+    try:
+        admin = _bind("admin", settings.admin_listen, reuse_port)
+    except BaseException:
+        for sock in public:
+            sock.close()
+        raise
     return public, admin
+
+
+def _bind(listener: str, listen: Listen, reuse_port: bool) -> Sockets:
+    try:
+        return bind_sockets(listen.port, listen.host, reuse_port=reuse_port)
+    except OSError as exc:
+        raise ListenError(listener, str(listen), exc) from exc
 
 
 async def serve(
@@ -281,7 +294,14 @@ async def serve(
     (``reuse_port``) each binds with SO_REUSEPORT so the kernel spreads connections evenly.
     """
     services = await build_services(settings, apply_tenant_files=apply_tenant_files)
-    public, admin = listeners or bind_listeners(settings, reuse_port=reuse_port)
+    try:
+        public, admin = listeners or bind_listeners(settings, reuse_port=reuse_port)
+    except BaseException:  # a taken port: close what start-up opened, then report it
+        await close_pools(services.store)
+        await services.store.close()
+        services.http.close()
+        services.horizon.close()
+        raise
     frozen = _freeze_start_up_objects()  # before accepting: the collection pauses the loop
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
     # Handlers before the first request is accepted: from then on a stop drains.

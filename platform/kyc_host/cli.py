@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from kyc_host.errors import ConfigError
+from kyc_host.errors import ConfigError, ListenError
 from kyc_host.logs import setup_logging
 from kyc_host.settings import PlatformSettings, default_config_path, load_settings
 from kyc_host.store.base import StoreError
@@ -79,8 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     keys = commands.add_parser("keys", help="platform keys").add_subparsers(
         dest="keys_command", required=True, metavar="ACTION")
-    gen = keys.add_parser("generate-master", help="write a new master key file (never overwrites)")
-    gen.add_argument("--file", type=Path, default=Path(".kyc-host/master.key"))
+    gen = keys.add_parser("generate-master", help="write a new master key file (never overwrites)",
+                          description="Write a new master key file (mode 0600) where the "
+                          "settings' master_key_file points, or to --file; an existing file "
+                          "is never overwritten.")
+    gen.add_argument("--config", type=Path, help="settings file (default: config/kyc-host.toml"
+                     " if present)")
+    gen.add_argument("--file", "--master-key-file", dest="master_key_file", metavar="PATH",
+                     help="where to write the key (default: the master_key_file setting, "
+                          "from --config, KYC_HOST_MASTER_KEY_FILE or .kyc-host/master.key)")
     gen.set_defaults(run=_generate_master)
     _key_parsers(keys)
     _token_parsers(commands)
@@ -297,6 +304,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreError as exc:
         print(f"kyc-host: store unavailable: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    except ListenError as exc:
+        print(f"kyc-host: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_FAILURE
 
@@ -418,11 +428,17 @@ def _tenant_delete(args: argparse.Namespace) -> int:
 def _generate_master(args: argparse.Namespace) -> int:
     from kyc_host.crypto.master import write_new_key_file
 
+    # The same file every other command reads (settings file, env, flag), so the hint of a
+    # missing key ("create one with `kyc-host keys generate-master`") leads to it.
+    key_file = _settings(args).master_key_file
     try:
-        write_new_key_file(args.file)
+        write_new_key_file(key_file)
     except FileExistsError:
-        print(f"kyc-host: {args.file} exists; refusing to overwrite a master key",
+        print(f"kyc-host: {key_file} exists; refusing to overwrite a master key",
               file=sys.stderr)
         return EXIT_FAILURE
-    print(f"wrote a new master key to {args.file} (mode 0600); back it up")
+    except OSError as exc:
+        print(f"kyc-host: cannot write {key_file}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"wrote a new master key to {key_file} (mode 0600); back it up")
     return 0

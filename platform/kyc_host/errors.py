@@ -123,6 +123,18 @@ class ConfigError(Exception):
         super().__init__(f"{where}: {problem}{shown}")
 
 
+class ListenError(Exception):
+    """A listener's address cannot be bound at start-up (in use, not permitted, no such
+    address here). ``str()`` is one line naming the listener, its address and the reason."""
+
+    def __init__(self, listener: str, address: str, error: OSError) -> None:
+        self.listener = listener
+        self.address = address
+        reason = error.strerror or str(error) or type(error).__name__
+        super().__init__(f"cannot listen on {address} ({listener}): "
+                         f"{reason[:1].lower()}{reason[1:]}")
+
+
 def _short_repr(value: object, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."

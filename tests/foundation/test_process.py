@@ -27,7 +27,11 @@ import pytest
 import tomli_w
 
 from conftest import ROOT, FerretDB, ferretdb_port, free_port, make_tenant_doc
+from kyc_host.app import serve
 from kyc_host.crypto.master import write_new_key_file
+from kyc_host.errors import ListenError
+from kyc_host.settings import Listen, load_settings, with_overrides
+from kyc_host.store.sqlite import SqliteStore
 
 TOML = "/.well-known/stellar.toml"
 START_DEADLINE = 20.0
@@ -437,6 +441,122 @@ def test_tenant_list_and_generate_master(workspace: Workspace) -> None:
     assert rows[0]["signing_key"].startswith("G")
     # The published key is in the listing; the secret never is.
     assert "\"S" not in listing.stdout
+
+
+def test_generate_master_writes_where_the_settings_point(workspace: Workspace) -> None:
+    """The missing-key error's hint (`kyc-host keys generate-master`) creates the very file
+    the settings name: from config/kyc-host.toml, --config or KYC_HOST_MASTER_KEY_FILE."""
+    workspace.write_config(master_key_file="keys/m.key", dev_mode=False)
+    missing = workspace.cli("tenant", "list")  # config/kyc-host.toml found in the cwd
+    assert missing.returncode == 2
+    [line] = stderr_lines(missing)
+    assert "keys/m.key" in line
+    assert "`kyc-host keys generate-master`" in line
+
+    generated = workspace.cli("keys", "generate-master")
+    assert generated.returncode == 0, generated.stderr
+    key_file = workspace.root / "keys" / "m.key"
+    assert generated.stdout.strip() == (
+        f"wrote a new master key to {Path('keys/m.key')} (mode 0600); back it up")
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert not (workspace.root / ".kyc-host").exists()
+    listing = workspace.cli("tenant", "list")
+    assert listing.returncode == 0, listing.stderr
+    assert listing.stdout.strip() == "no tenants"
+
+    original = key_file.read_text()
+    again = workspace.cli("keys", "generate-master")
+    assert again.returncode == 1
+    [line] = stderr_lines(again)
+    assert line == (f"kyc-host: {Path('keys/m.key')} exists; refusing to overwrite a "
+                    "master key")
+    assert key_file.read_text() == original
+
+    # --config names a settings file elsewhere; the environment wins over it.
+    elsewhere = workspace.root / "other.toml"
+    elsewhere.write_text('master_key_file = "keys/other.key"\n')
+    by_flag = workspace.cli("keys", "generate-master", "--config", str(elsewhere))
+    assert by_flag.returncode == 0, by_flag.stderr
+    assert (workspace.root / "keys" / "other.key").is_file()
+    by_env = subprocess.run(
+        [sys.executable, "-m", "kyc_host", "keys", "generate-master", "--config",
+         str(elsewhere)], cwd=workspace.root, capture_output=True, text=True, timeout=30,
+        env={**clean_env(), "KYC_HOST_MASTER_KEY_FILE": "keys/env.key"}, check=False)
+    assert by_env.returncode == 0, by_env.stderr
+    assert (workspace.root / "keys" / "env.key").is_file()
+    assert sorted(p.name for p in (workspace.root / "keys").iterdir()) == [
+        "env.key", "m.key", "other.key"]
+
+
+# --- (f) a listener's address taken ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(("listener", "workers"), [("public", "1"), ("admin", "1"),
+                                                    ("public", "2"), ("admin", "2")])
+def test_taken_port_is_one_line_and_leaves_nothing_running(
+    workspace: Workspace, listener: str, workers: str
+) -> None:
+    """Another process holds the port: one line naming the listener and its address, exit
+    1, no traceback; with workers none was forked (the supervisor binds first) and the
+    metrics directory is removed."""
+    write_new_key_file(workspace.root / "state" / "master.key")  # no dev-mode warning line
+    tmp = workspace.root / "tmp"
+    tmp.mkdir()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ports = {"public": workspace.public_port, "admin": workspace.admin_port, listener: port}
+        result = subprocess.run(
+            [sys.executable, "-m", "kyc_host", "serve", "--config", str(workspace.config),
+             "--public-listen", f"127.0.0.1:{ports['public']}",
+             "--admin-listen", f"127.0.0.1:{ports['admin']}", "--workers", workers],
+            cwd=workspace.root, capture_output=True, text=True, timeout=60, check=False,
+            env={**clean_env(), "TMPDIR": str(tmp), "PROMETHEUS_MULTIPROC_DIR": ""})
+    assert result.returncode == 1
+    *logged, last = stderr_lines(result)
+    assert last == (
+        f"kyc-host: cannot listen on 127.0.0.1:{port} ({listener}): address already in use")
+    # Before it only the start-up steps' JSON log lines (tenant files applied), no error.
+    assert [json.loads(line)["level"] for line in logged] == ["info"] * len(logged)
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "worker" not in result.stderr
+    assert (workspace.root / "state" / "store.db").is_file()  # it got that far
+    assert list(tmp.iterdir()) == []
+
+
+# Tornado's bind_sockets leaves the socket whose bind failed (still unbound) to the garbage
+# collector (tornado 6.6 netutil.py); the process exits right after, so it is let through.
+@pytest.mark.filterwarnings(r"ignore:Exception ignored in. <socket\.socket fd=\d+, family=2, "
+                            r"type=1, proto=6, laddr=\('0\.0\.0\.0', 0\)>"
+                            ":pytest.PytestUnraisableExceptionWarning")
+async def test_taken_port_closes_what_start_up_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In process: the store start-up opened is closed before the ListenError leaves serve
+    (then no store thread or connection is left to the interpreter's exit)."""
+    closed: list[SqliteStore] = []
+    close = SqliteStore.close
+
+    async def recording_close(self: SqliteStore) -> None:
+        closed.append(self)
+        await close(self)
+
+    monkeypatch.setattr(SqliteStore, "close", recording_close)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = with_overrides(
+            load_settings(None, environ={}), storage_url=f"sqlite:///{tmp_path}/store.db",
+            master_key_file=tmp_path / "master.key", tenants_dir=tmp_path / "tenants",
+            public_listen=Listen("127.0.0.1", free_port()),
+            admin_listen=Listen("127.0.0.1", port))
+        write_new_key_file(settings.master_key_file)
+        with pytest.raises(ListenError, match=rf"^cannot listen on 127\.0\.0\.1:{port} "
+                                              r"\(admin\): address already in use$"):
+            await serve(settings)
+    assert len(closed) == 1
 
 
 def test_workers_end_when_their_supervisor_is_killed(
