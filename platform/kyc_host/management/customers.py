@@ -172,7 +172,7 @@ class IdentitiesHandler(_CustomerBase):
         record = await self.record(service, customer_id)
         principal = self._identity_body()
         ix = service.customers.identity_index(principal.key)
-        if ix in record.identities:
+        if service.customers.has_identity(record, principal.key):
             self.write_json({"id": record.id, "identities": review.identities_json(record)})
             return
         owner = await service.customers.customer_id_for(principal.key)
@@ -192,9 +192,9 @@ class IdentitiesHandler(_CustomerBase):
         record = await self.record(service, customer_id)
         principal = self._identity_body()
         ix = service.customers.identity_index(principal.key)
-        if ix not in record.identities:
+        if not service.customers.has_identity(record, principal.key):
             raise NotFound(IDENTITY_NOT_LINKED)
-        if len(record.identities) == 1:
+        if len(set(record.identities.values())) == 1:
             raise Conflict("cannot unlink the customer's last identity; delete the customer "
                            "instead")
         await self.audit(tenant_id, "customer.identity_unlink", customer_id=record.id,

@@ -142,6 +142,13 @@ class CustomerRepository:
         return None
 
     @staticmethod
+    def has_identity(record: CustomerRecord, identity_key: str) -> bool:
+        """Whether the record lists this identity. Compared by identity key, never by label:
+        a label is the identity's index under the version current when it was added, and a
+        reindex leaves it as it was (its old index key is gone once the reindex is done)."""
+        return identity_key in record.identities.values()
+
+    @staticmethod
     def add_identity(record: CustomerRecord, label: str, identity_key: str) -> None:
         """Remember an identity in the record once (its label may be an older index)."""
         if identity_key not in record.identities.values():
