@@ -22,6 +22,7 @@ from keys.keys_helpers import job_context
 from kyc_host.crypto.rotation import reindex
 from kyc_host.crypto.tenant_keys import read_secrets
 from kyc_host.management.customers import IDENTITY_NOT_LINKED
+from kyc_host.store.base import ne
 
 BASE = "/api/v1/tenants/t1/customers"
 
@@ -154,3 +155,56 @@ async def test_link_and_unlink_during_reindex(mgmt: Mgmt) -> None:
     assert await _reaches(during) is None
     assert await _reaches(alice) == alice_id
     assert len(await _identity_docs(mgmt, "t1", alice_id)) == 1
+
+
+async def test_an_identity_unlinked_while_the_backfill_runs_stays_unlinked(mgmt: Mgmt) -> None:
+    """The reindex's backfill loads a record, then inserts its identities under the next
+    version. An unlink deletes the identity's rows (every version) before it saves the record
+    without it; landing in between (or cut there), it used to be undone: the backfill's new
+    row made the identity reach the customer again. Other identities keep theirs."""
+    api = mgmt.api
+    customers: list[tuple[str, KycWallet, KycWallet, str]] = []
+    for n in range(7):  # more customers than one backfill batch
+        main = KycWallet(mgmt.srv, "a.test", "t1")
+        customer_id = await main.put(ALICE if n % 2 else BOB)
+        before = {d["_id"] for d in await _identity_docs(mgmt, "t1", customer_id)}
+        extra = KycWallet(mgmt.srv, "a.test", "t1", memo=n + 1)
+        reply = await api.call("POST", f"{BASE}/{customer_id}/identities", token=mgmt.t1,
+                               body={"account": extra.account, "memo": str(n + 1)})
+        assert reply.status == 201, reply.body
+        [extra_row] = {d["_id"] for d in await _identity_docs(mgmt, "t1", customer_id)} - before
+        customers.append((customer_id, main, extra, str(extra_row)))
+    t2_wallet = KycWallet(mgmt.srv, "b.test", "t2", keypair=customers[0][1].keypair)
+    t2_id = await t2_wallet.put(ALICE)
+    identities = mgmt.srv.services.store.tenant("t1", "identities")
+    cut: list[str] = []
+
+    async def unlink_cut_before_its_save(pass_name: str, done: int) -> None:
+        if pass_name != "customers" or cut:
+            return
+        pending = await mgmt.srv.services.store.tenant("t1", "customers").find(
+            {"ix_v": ne(2)}, limit=100)
+        assert pending, "every customer was backfilled in the first batch"
+        customer_id = str(pending[0]["_id"])
+        [(_, _, _, row)] = [c for c in customers if c[0] == customer_id]
+        assert await identities.delete_one({"_id": row, "customer_id": customer_id}) == 1
+        cut.append(customer_id)
+
+    await reindex(job_context(mgmt.srv, on_batch=unlink_cut_before_its_save), "t1")
+    assert len(cut) == 1
+    for customer_id, main, extra, _ in customers:
+        assert await _reaches(main) == customer_id
+        assert await _reaches(extra) == (None if customer_id == cut[0] else customer_id)
+    assert await _reaches(t2_wallet) == t2_id
+    # The record still named the identity; the admin's unlink finishes the job.
+    [(customer_id, main, extra, _)] = [c for c in customers if c[0] == cut[0]]
+    path = f"{BASE}/{customer_id}/identities"
+    detail = await api.call("GET", f"{BASE}/{customer_id}", token=mgmt.t1)
+    assert len(detail.body["identities"]) == 2
+    finished = await api.call("DELETE", path, token=mgmt.t1,
+                              body={"account": extra.account, "memo": str(extra.memo)})
+    assert finished.status == 200, finished.body
+    assert finished.body["identities"] == [{"account": main.account, "memo": None,
+                                            "memo_type": None}]
+    assert await _reaches(extra) is None
+    assert await _reaches(main) == customer_id

@@ -373,13 +373,21 @@ class _Backfill:
         identities = self._coll("identities")
         for key in set(record.identities.values()):
             account = key.partition("|")[0]
+            target_ix = self.cipher.blind_index("identity", key, self.target)
             # A duplicate was claimed in the write stage already, by the same customer.
             with contextlib.suppress(DuplicateKeyError):
                 await identities.insert_one({
-                    "_id": self.cipher.blind_index("identity", key, self.target),
-                    "customer_id": record.id, "v": self.target,
+                    "_id": target_ix, "customer_id": record.id, "v": self.target,
                     "account_ix": self.cipher.blind_index("account", account, self.target),
                     "created_at": time.time()})
+            # Every claim in this stage inserts the old version too, and an unlink deletes
+            # every version before it saves the record: without an old row the identity was
+            # unlinked (since the load above, or by an unlink cut before its save), and the
+            # row just inserted would make it reach the customer again.
+            older = [ix for ix in self.cipher.blind_indexes("identity", key) if ix != target_ix]
+            if older and not await identities.count({"_id": in_(older),
+                                                     "customer_id": record.id}):
+                await identities.delete_one({"_id": target_ix, "customer_id": record.id})
         await self._transactions(record.id, record.cipher)
         email, phone = record.fields.get("email_address"), record.fields.get("mobile_number")
         await self._coll("customers").update_one({"_id": record.id}, set={

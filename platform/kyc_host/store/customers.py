@@ -220,7 +220,8 @@ class CustomerRepository:
             for label in labels:
                 del record.identities[label]
             await self.save(record)
-        return removed >= 1
+        # An unlink cut between the two steps left the record naming the identity: finish it.
+        return removed >= 1 or bool(labels)
 
     async def customers_of_account(self, account: str, limit: int) -> list[str]:
         """Ids of the customers known by ``account`` with or without a memo (blind index
