@@ -1,7 +1,8 @@
-"""The ``kyc-host`` command: serve, tenant, keys.
+"""kyc-host: a multi-tenant Stellar KYC server and its operator commands.
 
 Exit codes: 0 success; 1 a runtime failure (store unreachable, ...); 2 bad settings, bad tenant
-file or bad usage. Errors are one line on stderr that names what is wrong.
+file or bad usage (an unknown tenant id included). Errors are one line on stderr that names
+what is wrong.
 """
 
 from __future__ import annotations
@@ -34,8 +35,32 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", help="debug, info, warning or error")
 
 
+#: The commands, in the order ``kyc-host --help`` lists them.
+COMMANDS = ("serve", "tenant", "keys", "token", "audit", "customer", "callbacks", "purge")
+
+
+def _description() -> str:
+    return (f"{__doc__.splitlines()[0]} Commands: {', '.join(COMMANDS)}. For one command's "
+            "options: kyc-host COMMAND --help. Exit codes: 0 success, 1 runtime failure, 2 bad "
+            "settings, tenant file or usage (an unknown tenant id included).")
+
+
+def _int_range(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``low`` to ``high`` (else a usage error)."""
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"expected a whole number from {low} to {high}, got {raw!r}")
+        return value
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kyc-host", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="kyc-host", description=_description())
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the server")
@@ -47,8 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--serve-tenants", metavar="PATTERNS",
                        help="comma-separated tenant ids or patterns (\"big-*\") this process "
                             "serves; default every tenant")
-    serve.add_argument("--workers", type=int, default=1, metavar="N",
-                       help="worker processes sharing the listeners (default 1)")
+    serve.add_argument("--workers", type=_int_range(1, 64), default=1, metavar="N",
+                       help="worker processes sharing the listeners (1..64, default 1)")
     serve.set_defaults(run=_serve)
 
     tenant = commands.add_parser("tenant", help="manage tenants").add_subparsers(
@@ -125,7 +150,7 @@ def _key_parsers(keys: Any) -> None:
     remove = keys.add_parser("remove-master-version", help="remove a master key version no "
                              "tenant uses any more")
     _common(remove)
-    remove.add_argument("--version", type=int, required=True, metavar="N")
+    remove.add_argument("--version", type=_int_range(1, 2**31), required=True, metavar="N")
     remove.set_defaults(run=_services_command, command="keys_remove_master_version",
                         module=module)
     status = keys.add_parser("status", help="key versions (never key material)")
@@ -233,7 +258,8 @@ def _customer_parsers(commands: Any) -> None:
     listing.add_argument("--tenant", metavar="ID", required=True)
     listing.add_argument("--status", metavar="S", help="only customers in this status")
     listing.add_argument("--type", metavar="T", help="only this customer type")
-    listing.add_argument("--limit", type=int, default=50, help="page size (1..200)")
+    listing.add_argument("--limit", type=_int_range(1, 200), default=50, metavar="N",
+                         help="page size (1..200, default 50)")
     listing.add_argument("--cursor", help="continue from a previous page")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(run=_services_command, command="customer_list")
@@ -248,7 +274,8 @@ def _callbacks_parsers(commands: Any) -> None:
     _common(listing)
     listing.add_argument("--tenant", metavar="ID", required=True)
     listing.add_argument("--state", choices=("pending", "delivered", "dead", "disabled"))
-    listing.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    listing.add_argument("--limit", type=_int_range(1, 200), default=50, metavar="N",
+                         help="at most this many (1..200, default 50)")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(run=_services_command, command="callbacks_list",
                          module="kyc_host.callbacks.commands")
@@ -321,9 +348,6 @@ def _run(coro: Awaitable[int]) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from kyc_host.app import run
 
-    if not 1 <= args.workers <= 64:
-        print("kyc-host: --workers: expected 1 to 64", file=sys.stderr)
-        return EXIT_USAGE
     settings = _settings(args)
     setup_logging(settings.log_level)
     return run(settings, args.workers)
@@ -391,7 +415,7 @@ def _tenant_status(args: argparse.Namespace) -> int:
             await services.store.close()
         if not found:
             print(f"kyc-host: no tenant {args.tenant_id!r}", file=sys.stderr)
-            return EXIT_FAILURE
+            return EXIT_USAGE
         print(f"{args.tenant_id}: {args.status}")
         return 0
 
@@ -412,9 +436,9 @@ def _tenant_delete(args: argparse.Namespace) -> int:
             record = await offboard_tenant(services, args.tenant_id, "cli")
         finally:
             await services.store.close()
-        if record is None:
+        if record is None:  # never existed, or already deleted
             print(f"kyc-host: no tenant {args.tenant_id!r}", file=sys.stderr)
-            return EXIT_FAILURE
+            return EXIT_USAGE
         print(f"{args.tenant_id}: deleted (keys destroyed, data dropped, hosts freed)")
         manager = str(record.get("manager", ""))
         if manager.startswith("file:"):

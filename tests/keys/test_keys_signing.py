@@ -127,6 +127,37 @@ async def test_signing_key_rotation_publishes_the_new_key_and_honours_old_challe
     assert tenant_of(srv, "t2").secrets.signing_keypair.public_key in toml2
 
 
+async def test_removing_the_current_master_version_says_what_retires_it(
+        make_server: MakeServer, horizon: HorizonStub,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """rotate-master re-wraps *under* the current version, so it never frees that one: the
+    refusal says to add a newer version first; an older version in use only needs the
+    rotation."""
+    srv = await servers(make_server, horizon)
+    services = srv.services
+    keys = services.keys
+    assert isinstance(keys, LocalKeyProvider)
+    current = argparse.Namespace(version=1)
+    assert await commands.keys_remove_master_version(services, current) == commands.FAILED
+    [line] = capsys.readouterr().err.splitlines()
+    assert "v1 is the current version" in line
+    assert "`kyc-host keys add-master-version`, then `kyc-host keys rotate-master`" in line
+    assert await commands.keys_add_master_version(services, argparse.Namespace()) == 0
+    keys.reload_if_changed()
+    capsys.readouterr()
+    # v1 is older now: in use by both tenants, and the rotation alone frees it.
+    assert await commands.keys_remove_master_version(services, current) == commands.FAILED
+    [line] = capsys.readouterr().err.splitlines()
+    assert "still wraps the secrets of 2 tenant(s)" in line
+    assert "run `kyc-host keys rotate-master` (it re-wraps them under v2)" in line
+    assert "add-master-version" not in line
+    # v2, the new current version, wraps no tenant yet and is still refused.
+    newest = argparse.Namespace(version=2)
+    assert await commands.keys_remove_master_version(services, newest) == commands.FAILED
+    assert "v2 is the current version" in capsys.readouterr().err
+    assert keys.versions == (1, 2)
+
+
 async def test_master_versions_add_rotate_remove(make_server: MakeServer,
                                                  horizon: HorizonStub,
                                                  capsys: pytest.CaptureFixture[str]) -> None:

@@ -16,6 +16,7 @@ from mgmt_helpers import Api, OpenApiChecker, checker_fixture  # noqa: F401 - fi
 
 from conftest import MakeServer, make_tenant_doc
 from kyc_host import audit
+from kyc_host.management.tenants import offboard_tenant
 from kyc_host.settings import PlatformSettings
 from sep12.sep12_helpers import Wallet
 
@@ -137,7 +138,7 @@ async def test_tenant_delete_offboards_one_tenant(make_server: MakeServer,
         cli(settings, tmp_path, "tenant", "delete", "nope", "--yes"))
     assert unconfirmed.returncode == 2
     assert "--yes" in unconfirmed.stderr
-    assert unknown.returncode == 1
+    assert unknown.returncode == 2
     assert "no tenant 'nope'" in unknown.stderr
     customers = srv.services.store.tenant("t1", "customers")
     assert await customers.find_one({"_id": customer}) is not None  # nothing happened yet
@@ -151,3 +152,37 @@ async def test_tenant_delete_offboards_one_tenant(make_server: MakeServer,
     assert (await neighbour.get()).status == 200  # the other tenant keeps its customer
     entries, _ = await audit.entries(srv.services.store, None, action="tenant.delete")
     assert [(e["actor"], e["details"]["tenant"]) for e in entries] == [("cli", "t1")]
+
+
+async def test_deleted_and_unknown_tenants_are_the_same_usage_error(
+        make_server: MakeServer, settings: PlatformSettings, tmp_path: Path) -> None:
+    """A second ``tenant delete`` finds no tenant, like an id that never existed (and like the
+    API's second DELETE): exit 2 with one line, nothing printed as deleted, no second audit
+    entry. ``tenant suspend|resume`` of such an id is the same exit 2 as every other command."""
+    srv = await make_server(make_tenant_doc("t1", ["a.test"]))
+    first = await cli(settings, tmp_path, "tenant", "delete", "t1", "--yes")
+    assert first.returncode == 0, first.stderr
+    results = await asyncio.gather(
+        cli(settings, tmp_path, "tenant", "delete", "t1", "--yes"),
+        cli(settings, tmp_path, "tenant", "delete", "nope", "--yes"),
+        cli(settings, tmp_path, "tenant", "suspend", "t1"),
+        cli(settings, tmp_path, "tenant", "resume", "nope"))
+    assert [(r.returncode, r.stdout, r.stderr.strip().splitlines()) for r in results] == [
+        (2, "", ["kyc-host: no tenant 't1'"]), (2, "", ["kyc-host: no tenant 'nope'"]),
+        (2, "", ["kyc-host: no tenant 't1'"]), (2, "", ["kyc-host: no tenant 'nope'"])]
+    entries, _ = await audit.entries(srv.services.store, None, action="tenant.delete")
+    assert [(e["actor"], e["details"]["tenant"]) for e in entries] == [("cli", "t1")]
+
+
+async def test_an_interrupted_offboarding_is_finished_and_audited_once(
+        make_server: MakeServer) -> None:
+    srv = await make_server(make_tenant_doc("t1", ["a.test"]))
+    services = srv.services
+    # A run cut after the record was marked deleted: hosts not freed, nothing audited yet.
+    await services.store.platform("tenants").update_one({"_id": "t1"},
+                                                        set={"status": "deleted"})
+    assert await offboard_tenant(services, "t1", "cli") is not None  # finishes the run
+    assert await services.store.platform("tenant_hosts").find_one({"_id": "a.test"}) is None
+    assert await offboard_tenant(services, "t1", "cli") is None  # now there is no tenant
+    entries, _ = await audit.entries(services.store, None, action="tenant.delete")
+    assert [e["details"]["tenant"] for e in entries] == ["t1"]

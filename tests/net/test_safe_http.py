@@ -24,6 +24,7 @@ from tornado.web import Application, RequestHandler
 from kyc_host.net import (
     BlockedDestination,
     FetchError,
+    FetchFailed,
     FetchTimeout,
     RedirectRefused,
     ResponseTooLarge,
@@ -208,6 +209,37 @@ async def test_mixed_dns_answer_is_refused(canary: Canary) -> None:
     finally:
         client.close()
     assert canary.connections == 0
+
+
+class NoSuchName(Resolver):
+    """The system resolver's answer for a name that does not exist."""
+
+    async def resolve(self, host: str, port: int,
+                      family: socket.AddressFamily = socket.AF_UNSPEC) -> list[tuple[int, Any]]:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+
+async def test_unresolvable_host_is_named_as_such() -> None:
+    client = SafeHttpClient(resolver=NoSuchName())
+    try:
+        with pytest.raises(FetchFailed) as info:
+            await client.fetch("https://no-such-host.example/")
+    finally:
+        client.close()
+    assert str(info.value) == "could not fetch: host name could not be resolved"
+
+
+async def test_refused_connection_is_named_as_such(dev: SafeHttpClient) -> None:
+    port = _closed_port()
+    with pytest.raises(FetchFailed) as info:
+        await dev.fetch(f"http://127.0.0.1:{port}/")
+    assert str(info.value) == "could not fetch: connection refused"
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @pytest.mark.parametrize("url", [

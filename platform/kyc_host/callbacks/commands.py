@@ -44,8 +44,9 @@ async def callbacks_list(services: Services, args: argparse.Namespace) -> int:
     for e in events:
         where = e["endpoint"] or "wallet callback"
         sys.stdout.write(f"{e['id']}  {e['state']:<9} {e['type']:<24} attempts={e['attempts']:<3}"
-                         f" customer={e['customer_id'] or '-'} {e['status'] or ''}  -> {where}"
-                         f"{'  last error: ' + e['last_error'] if e['last_error'] else ''}\n")
+                         f" customer={e['customer_id'] or '-'} {e['status'] or ''}  -> {where}\n")
+        if e["last_error"]:  # on a line of its own, under the event it belongs to
+            sys.stdout.write(f"    last error: {e['last_error']}\n")
     return OK
 
 

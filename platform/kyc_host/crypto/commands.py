@@ -103,19 +103,28 @@ async def keys_remove_master_version(services: Services, args: argparse.Namespac
     if _from_env(services):
         _err(f"the master key comes from ${settings.master_key_env}; edit it there")
         return USAGE
-    users = (await master_versions_in_use(services.store)).get(args.version, [])
+    version: int = args.version
+    if version == services.keys.current_version:
+        # rotate-master re-wraps *under* the current version, so it cannot free this one: a
+        # newer version has to become current first.
+        _err(f"master key v{version} is the current version (it wraps every new secret) and "
+             "cannot be removed; to retire it, run `kyc-host keys add-master-version`, then "
+             f"`kyc-host keys rotate-master`, then remove v{version}")
+        return FAILED
+    users = (await master_versions_in_use(services.store)).get(version, [])
     if users:
-        _err(f"master key v{args.version} still wraps the secrets of {len(users)} tenant(s) "
-             f"({', '.join(users[:5])}); run `kyc-host keys rotate-master` first")
+        _err(f"master key v{version} still wraps the secrets of {len(users)} tenant(s) "
+             f"({', '.join(users[:5])}); run `kyc-host keys rotate-master` (it re-wraps them "
+             f"under v{services.keys.current_version}), then remove v{version}")
         return FAILED
     try:
-        remove_key_version(settings.master_key_file, args.version)
+        remove_key_version(settings.master_key_file, version)
     except ConfigError as exc:
         _err(str(exc))
         return FAILED
     await audit.record(services.store, None, actor=CLI_ACTOR, action="key.master_remove",
-                       details={"master_version": args.version})
-    _out(f"removed master key v{args.version} from {settings.master_key_file}")
+                       details={"master_version": version})
+    _out(f"removed master key v{version} from {settings.master_key_file}")
     return OK
 
 

@@ -106,7 +106,15 @@ class Checkpoint:
 
 
 class Progress:
-    """A one-line progress bar with rate and ETA, redrawn in place (``\\r``) on stderr."""
+    """A one-line progress bar with rate and ETA, redrawn in place (``\\r``) on stderr.
+
+    When the stream is not a terminal (a log file, a pipe, CI) there is no redrawing: a plain
+    line every :attr:`LOG_INTERVAL` seconds of a long pass, and one final line at close.
+    """
+
+    #: Seconds between bar redraws on a terminal, and between plain lines elsewhere.
+    TTY_INTERVAL = 0.2
+    LOG_INTERVAL = 10.0
 
     def __init__(self, label: str, total: int, stream: TextIO | None = None,
                  enabled: bool = True) -> None:
@@ -115,34 +123,52 @@ class Progress:
         self.done = 0
         self.stream = stream or sys.stderr
         self.enabled = enabled
+        self.tty = _isatty(self.stream)
         self._start = time.monotonic()
-        self._drawn = 0.0
+        self._drawn = 0.0 if self.tty else self._start
 
     def advance(self, n: int = 1) -> None:
         self.done += n
         now = time.monotonic()
-        if now - self._drawn >= 0.2 or self.done >= self.total:
+        if self.tty:
+            due = now - self._drawn >= self.TTY_INTERVAL or self.done >= self.total
+        else:  # the final count is close()'s line
+            due = now - self._drawn >= self.LOG_INTERVAL and self.done < self.total
+        if due:
             self._drawn = now
             self._draw(now)
 
-    def _draw(self, now: float) -> None:
-        if not self.enabled:
-            return
+    def _line(self, now: float) -> str:
         elapsed = max(now - self._start, 1e-6)
         rate = self.done / elapsed
         total = max(self.total, self.done)
         left = (total - self.done) / rate if rate > 0 else 0.0
         filled = int(30 * self.done / total) if total else 30
         bar = "#" * filled + "." * (30 - filled)
-        self.stream.write(f"\r{self.label:<18} [{bar}] {self.done}/{total} "
-                          f"{rate:7.1f}/s ETA {_clock(left)} ")
+        return f"{self.label:<18} [{bar}] {self.done}/{total} {rate:7.1f}/s ETA {_clock(left)}"
+
+    def _draw(self, now: float) -> None:
+        if not self.enabled:
+            return
+        if self.tty:
+            self.stream.write(f"\r{self._line(now)} ")
+        else:
+            self.stream.write(f"{self._line(now)}\n")
         self.stream.flush()
 
     def close(self) -> None:
         if self.enabled:
             self._draw(time.monotonic())
-            self.stream.write("\n")
+            if self.tty:
+                self.stream.write("\n")
             self.stream.flush()
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
 
 
 def _clock(seconds: float) -> str:

@@ -79,7 +79,9 @@ def _file_managed(record: Mapping[str, Any]) -> str | None:
 async def offboard_tenant(services: Services, tenant_id: str, actor: str,
                           request_id: str | None = None) -> dict[str, Any] | None:
     """Offboard (the API's DELETE and ``kyc-host tenant delete``): keys destroyed, data
-    dropped, hosts freed, tokens forgotten; the record as it was, None if there was none."""
+    dropped, hosts freed, tokens forgotten, one ``tenant.delete`` entry in the platform log;
+    the record as it was. None if there is no such tenant, including one already offboarded
+    (a run cut short before its audit entry is finished, and audited, instead)."""
     record = await services.tenants.offboard(tenant_id)
     if record is None:
         return None
@@ -92,6 +94,7 @@ async def offboard_tenant(services: Services, tenant_id: str, actor: str,
                            "tenant": tenant_id,
                            "hosts": list(record.get("config", {}).get("hosts", [])),
                            "secrets_destroyed": True, "data_dropped": True})
+    await services.tenants.offboard_finished(tenant_id)
     return record
 
 

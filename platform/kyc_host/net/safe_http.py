@@ -23,15 +23,23 @@ tests and the local demo can stand in for a wallet's site without DNS or TLS.
 from __future__ import annotations
 
 import asyncio
+import errno
 import re
+import socket
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from tornado.httpclient import HTTPClientError, HTTPRequest, HTTPResponse
 from tornado.httputil import HTTPInputError
+from tornado.iostream import StreamClosedError
 from tornado.netutil import Resolver
-from tornado.simple_httpclient import HTTPTimeoutError, SimpleAsyncHTTPClient
+from tornado.simple_httpclient import (
+    HTTPStreamClosedError,
+    HTTPTimeoutError,
+    SimpleAsyncHTTPClient,
+)
 
 from kyc_host.net.addresses import BlockedAddressError, PinnedResolver, is_public_address, parse_ip
 from kyc_host.net.limits import KeyedLimiter, NoSlot
@@ -249,5 +257,24 @@ def _classify(exc: Exception) -> Exception:
     if isinstance(exc, HTTPTimeoutError):
         return FetchTimeout("no answer in time")
     if isinstance(exc, HTTPClientError | HTTPInputError | OSError | ValueError):
-        return FetchFailed(f"could not fetch: {type(exc).__name__}")
+        return FetchFailed(f"could not fetch: {_reason(exc)}")
     return exc
+
+
+def _reason(exc: Exception) -> str:
+    """What went wrong, in words, for the common failures (never the host or URL, which the
+    caller may not show); the exception's class name for the rest."""
+    if isinstance(exc, socket.gaierror):
+        return "host name could not be resolved"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return "TLS certificate not accepted"
+    if isinstance(exc, ssl.SSLError):
+        return "TLS handshake failed"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, ConnectionResetError | ConnectionAbortedError | BrokenPipeError
+                  | StreamClosedError | HTTPStreamClosedError):
+        return "connection closed before an answer"
+    if isinstance(exc, OSError) and exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+        return "host unreachable"
+    return type(exc).__name__

@@ -248,10 +248,11 @@ class TenantService:
         are overwritten -- the tenant's key-encryption key, index key and signing seed exist
         nowhere else, so every ciphertext of the tenant becomes unreadable (crypto-shredding);
         then its hosts are freed and its data dropped. Calling it again on a deleted tenant
-        finishes an interrupted run.
+        finishes an interrupted run; once :meth:`offboard_finished` has marked the run done,
+        the tenant is gone and this returns None, as for an id that never existed.
         """
         current = await self.tenants.find_one({"_id": tenant_id})
-        if current is None:
+        if current is None or current.get("offboard_finished"):
             return None
         if current.get("status") != "deleted":
             now = time.time()
@@ -263,6 +264,13 @@ class TenantService:
         await self.hosts.delete_many({"tenant": tenant_id})
         await self.store.drop_tenant(tenant_id)
         return current
+
+    async def offboard_finished(self, tenant_id: str) -> None:
+        """Mark an offboarding complete (data dropped, deletion audited): a later
+        :meth:`offboard` of the id finds no tenant. The record's ``rev`` and ``updated_at``
+        stay, so no process sees a change; applying the id again replaces the record."""
+        await self.tenants.update_one({"_id": tenant_id, "status": "deleted"},
+                                      set={"offboard_finished": True})
 
 
 def _shared_key(doc: TenantDocument, owner: str) -> ConfigError:
