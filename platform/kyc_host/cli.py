@@ -370,7 +370,9 @@ def _tenant_apply(args: argparse.Namespace) -> int:
         services = await _with_services(args)
         try:
             for result in await services.tenants.apply(docs):
-                print(f"{result.tenant_id}: {result.action}")
+                moved = ("" if result.moved_from is None else
+                         f" (now managed by this file; was {result.moved_from})")
+                print(f"{result.tenant_id}: {result.action}{moved}")
         finally:
             await services.store.close()
         return 0

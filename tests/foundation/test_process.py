@@ -441,6 +441,14 @@ def test_tenant_list_and_generate_master(workspace: Workspace) -> None:
     assert rows[0]["signing_key"].startswith("G")
     # The published key is in the listing; the secret never is.
     assert "\"S" not in listing.stdout
+    # Another file for the same id takes the tenant over (a moved file), and says so.
+    elsewhere = workspace.root / "elsewhere.toml"
+    elsewhere.write_text((workspace.root / "tenants" / "demo.toml").read_text()
+                         .replace('name = "', 'name = "Moved ', 1))
+    moved = workspace.cli("tenant", "apply", str(elsewhere), "--config", str(workspace.config))
+    assert moved.returncode == 0, moved.stderr
+    assert moved.stdout.strip() == (f"demo: updated (now managed by this file; was "
+                                    f"file:{Path('tenants') / 'demo.toml'})")
 
 
 def test_generate_master_writes_where_the_settings_point(workspace: Workspace) -> None:

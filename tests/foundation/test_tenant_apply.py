@@ -167,9 +167,13 @@ async def test_file_managed_tenant_cannot_be_changed_through_the_api(
         await service.apply([api_document(make_tenant_doc("t1", ["a.test"], name="x"))])
     assert path in str(info.value)
     assert await snapshot(service) == before
-    # Another file may manage it (the file was moved), the API may not.
-    assert await actions(service, file_document(make_tenant_doc("t1", ["a.test"], name="y"),
-                                                "/elsewhere/t1.toml")) == ["updated"]
+    # Another file may manage it (the file was moved), the API may not; the move is reported.
+    [moved] = await service.apply([file_document(make_tenant_doc("t1", ["a.test"], name="y"),
+                                                 "/elsewhere/t1.toml")])
+    assert (moved.action, moved.moved_from) == ("updated", f"file:{path}")
+    [again] = await service.apply([file_document(make_tenant_doc("t1", ["a.test"], name="z"),
+                                                 "/elsewhere/t1.toml")])
+    assert (again.action, again.moved_from) == ("updated", None)
 
 
 async def test_api_managed_tenant_cannot_be_changed_by_a_file(service: TenantService) -> None:

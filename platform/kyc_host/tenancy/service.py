@@ -54,6 +54,9 @@ class TenantDocument:
 class ApplyResult:
     tenant_id: str
     action: str  # created | updated | unchanged
+    #: The file that managed the tenant until this apply, when another file took it over
+    #: (a moved file is allowed; an accidental second file for one id should be seen).
+    moved_from: str | None = None
 
 
 def read_tenant_files(path: Path) -> list[TenantDocument]:
@@ -185,8 +188,10 @@ class TenantService:
         await self.tenants.replace_one({"_id": cfg.id}, record, upsert=True)
         await self.hosts.delete_many({"tenant": cfg.id, "_id": nin(list(cfg.hosts))})
         action = "updated" if alive else "created"
+        moved_from = (str(current["manager"]) if alive and current is not None
+                      and current["manager"] != doc.manager else None)
         log.info("tenant %s %s", cfg.id, action, extra={"tenant": cfg.id})
-        return ApplyResult(cfg.id, action)
+        return ApplyResult(cfg.id, action, moved_from)
 
     async def _claim_hosts(self, cfg: TenantConfig, source: str) -> None:
         for host in cfg.hosts:
