@@ -377,7 +377,9 @@ def run(settings: PlatformSettings, workers: int = 1) -> int:
     metrics_dir = _share_metrics_between_workers()
     try:
         asyncio.run(_prepare_store(settings))
-        probe = bind_listeners(settings, reuse_port=True)
+        # Without SO_REUSEPORT: a port held by anyone, another kyc-host --workers (whose
+        # sockets all set it) included, is refused here instead of silently shared.
+        probe = bind_listeners(settings, reuse_port=False)
         if settings.public_listen.port and settings.admin_listen.port:
             for sock in probe[0] + probe[1]:
                 sock.close()
@@ -454,6 +456,7 @@ def _supervise(settings: PlatformSettings, workers: int,
         spawn(index)
     log.info("supervisor %d started %d workers", os.getpid(), workers)
     restarts = 0
+    gave_up = False
     while children:
         pid, status = os.wait()
         # Its gauges leave /metrics with it (the "live" modes, metrics.py); its counters stay.
@@ -467,10 +470,11 @@ def _supervise(settings: PlatformSettings, workers: int,
         restarts += 1
         if restarts > 10 * workers:
             log.error("too many worker restarts; giving up")
+            gave_up = True
             forward(signal.SIGTERM, None)
             continue
         spawn(index)
-    return 0
+    return 1 if gave_up else 0
 
 
 async def _bounded(step: Awaitable[object], end: float, what: str) -> None:

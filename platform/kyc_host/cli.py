@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -456,7 +457,14 @@ def _generate_master(args: argparse.Namespace) -> int:
 
     # The same file every other command reads (settings file, env, flag), so the hint of a
     # missing key ("create one with `kyc-host keys generate-master`") leads to it.
-    key_file = _settings(args).master_key_file
+    settings: PlatformSettings | None
+    try:
+        settings = _settings(args)
+    except ConfigError:
+        if args.master_key_file is None:
+            raise
+        settings = None  # an explicit --file needs no valid settings
+    key_file = Path(args.master_key_file) if settings is None else settings.master_key_file
     try:
         write_new_key_file(key_file)
     except FileExistsError:
@@ -467,4 +475,7 @@ def _generate_master(args: argparse.Namespace) -> int:
         print(f"kyc-host: cannot write {key_file}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILURE
     print(f"wrote a new master key to {key_file} (mode 0600); back it up")
+    if settings is not None and os.environ.get(settings.master_key_env):
+        print(f"kyc-host: note: ${settings.master_key_env} is set, and servers use it rather "
+              "than this file", file=sys.stderr)
     return 0

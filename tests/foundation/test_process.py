@@ -495,22 +495,45 @@ def test_generate_master_writes_where_the_settings_point(workspace: Workspace) -
     assert sorted(p.name for p in (workspace.root / "keys").iterdir()) == [
         "env.key", "m.key", "other.key"]
 
+    # With the key itself in the environment, servers ignore the file: said, not refused.
+    env_key = subprocess.run(
+        [sys.executable, "-m", "kyc_host", "keys", "generate-master", "--file", "keys/k4.key"],
+        cwd=workspace.root, capture_output=True, text=True, timeout=30,
+        env={**clean_env(), "KYC_HOST_MASTER_KEY": "a" * 64}, check=False)
+    assert env_key.returncode == 0, env_key.stderr
+    assert stderr_lines(env_key) == [
+        "kyc-host: note: $KYC_HOST_MASTER_KEY is set, and servers use it rather than this file"]
+    # An explicit --file needs no valid settings; without it, invalid settings are the error.
+    elsewhere.write_text('public_listen = "nowhere"\n')
+    broken = workspace.cli("keys", "generate-master", "--config", str(elsewhere))
+    assert broken.returncode == 2
+    [line] = stderr_lines(broken)
+    assert "public_listen" in line
+    explicit = workspace.cli("keys", "generate-master", "--config", str(elsewhere),
+                             "--file", "keys/k5.key")
+    assert explicit.returncode == 0, explicit.stderr
+    assert (workspace.root / "keys" / "k5.key").is_file()
+
 
 # --- (f) a listener's address taken ---------------------------------------------------------
 
 
-@pytest.mark.parametrize(("listener", "workers"), [("public", "1"), ("admin", "1"),
-                                                    ("public", "2"), ("admin", "2")])
+@pytest.mark.parametrize(("listener", "workers", "shared"), [
+    ("public", "1", False), ("admin", "1", False), ("public", "2", False),
+    ("admin", "2", False), ("public", "2", True), ("admin", "2", True)])
 def test_taken_port_is_one_line_and_leaves_nothing_running(
-    workspace: Workspace, listener: str, workers: str
+    workspace: Workspace, listener: str, workers: str, shared: bool
 ) -> None:
     """Another process holds the port: one line naming the listener and its address, exit
     1, no traceback; with workers none was forked (the supervisor binds first) and the
-    metrics directory is removed."""
+    metrics directory is removed. ``shared``: the holder set SO_REUSEPORT, as the workers of
+    another ``kyc-host serve --workers`` do; the port must not be silently split with it."""
     write_new_key_file(workspace.root / "state" / "master.key")  # no dev-mode warning line
     tmp = workspace.root / "tmp"
     tmp.mkdir()
     with socket.socket() as taken:
+        if shared:
+            taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]

@@ -174,6 +174,14 @@ async def test_file_managed_tenant_cannot_be_changed_through_the_api(
     [again] = await service.apply([file_document(make_tenant_doc("t1", ["a.test"], name="z"),
                                                  "/elsewhere/t1.toml")])
     assert (again.action, again.moved_from) == ("updated", None)
+    # A plain move (same content) is a change of manager too, recorded and reported.
+    same = make_tenant_doc("t1", ["a.test"], name="z")
+    [moved_back] = await service.apply([file_document(same, path)])
+    assert (moved_back.action, moved_back.moved_from) == ("updated", "file:/elsewhere/t1.toml")
+    record = await service.tenants.find_one({"_id": "t1"})
+    assert record is not None
+    assert record["manager"] == f"file:{path}"
+    assert await actions(service, file_document(same, path)) == ["unchanged"]
 
 
 async def test_api_managed_tenant_cannot_be_changed_by_a_file(service: TenantService) -> None:

@@ -372,21 +372,22 @@ class _Backfill:
             return False
         identities = self._coll("identities")
         for key in set(record.identities.values()):
-            account = key.partition("|")[0]
+            # Every claim in this stage inserts the old version too, and an unlink deletes
+            # every version before it saves the record: without an old row the identity was
+            # unlinked (since the load above, or by an unlink cut before its save), and a
+            # new row would make it reach the customer again. Checked before the insert
+            # and again after it (an unlink may land in between).
             target_ix = self.cipher.blind_index("identity", key, self.target)
+            if not await self._still_linked(key, target_ix, record.id):
+                continue
+            account = key.partition("|")[0]
             # A duplicate was claimed in the write stage already, by the same customer.
             with contextlib.suppress(DuplicateKeyError):
                 await identities.insert_one({
                     "_id": target_ix, "customer_id": record.id, "v": self.target,
                     "account_ix": self.cipher.blind_index("account", account, self.target),
                     "created_at": time.time()})
-            # Every claim in this stage inserts the old version too, and an unlink deletes
-            # every version before it saves the record: without an old row the identity was
-            # unlinked (since the load above, or by an unlink cut before its save), and the
-            # row just inserted would make it reach the customer again.
-            older = [ix for ix in self.cipher.blind_indexes("identity", key) if ix != target_ix]
-            if older and not await identities.count({"_id": in_(older),
-                                                     "customer_id": record.id}):
+            if not await self._still_linked(key, target_ix, record.id):
                 await identities.delete_one({"_id": target_ix, "customer_id": record.id})
         await self._transactions(record.id, record.cipher)
         email, phone = record.fields.get("email_address"), record.fields.get("mobile_number")
@@ -399,6 +400,12 @@ class _Backfill:
             await identities.delete_many({"customer_id": record.id})
             await self._coll("transactions").delete_many({"customer_id": record.id})
         return True
+
+    async def _still_linked(self, key: str, target_ix: str, customer_id: str) -> bool:
+        """Whether the identity still points at the customer under an older version."""
+        older = [ix for ix in self.cipher.blind_indexes("identity", key) if ix != target_ix]
+        return not older or bool(await self._coll("identities").count(
+            {"_id": in_(older), "customer_id": customer_id}))
 
     async def _transactions(self, customer_id: str, cipher: Any) -> None:
         transactions = self._coll("transactions")

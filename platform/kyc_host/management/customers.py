@@ -172,12 +172,14 @@ class IdentitiesHandler(_CustomerBase):
         record = await self.record(service, customer_id)
         principal = self._identity_body()
         ix = service.customers.identity_index(principal.key)
-        if service.customers.has_identity(record, principal.key):
-            self.write_json({"id": record.id, "identities": review.identities_json(record)})
-            return
         owner = await service.customers.customer_id_for(principal.key)
         if owner is not None and owner != record.id:
             raise Conflict("this identity already belongs to another customer")
+        if owner == record.id and service.customers.has_identity(record, principal.key):
+            self.write_json({"id": record.id, "identities": review.identities_json(record)})
+            return
+        # Not linked, or half linked (an unlink cut between its two steps leaves the record
+        # naming an identity that reaches nobody): link it.
         await self.audit(tenant_id, "customer.identity_link", customer_id=record.id,
                          details={"identity_ix": ix})
         if not await service.customers.link_identity(record.id, principal.key,

@@ -161,7 +161,7 @@ class TenantService:
         alive = current is not None and current.get("status") != "deleted"
         if alive and current is not None:
             secrets = unwrap_secrets(self.keys, cfg.id, current["secrets"])
-            if current["config"] == dict(doc.raw) and (
+            if current["config"] == dict(doc.raw) and current["manager"] == doc.manager and (
                     env_seed is None or env_seed == secrets.signing_seed):
                 return ApplyResult(cfg.id, "unchanged")
             if env_seed is not None and env_seed != secrets.signing_seed:
