@@ -15,7 +15,8 @@ Expected (app.py Server.stop, web/serving.py ServingHTTPServer.drain):
 - every connection that was established got a complete, normal answer (GET 200, PUT 202):
   no reset, no early close, no 5xx -- including the trickled uploads, whose answers carry
   ``Connection: close`` (sent while draining) and are followed by the server closing;
-- new connections after SIGTERM are *refused* (the listeners close at once; no 503 on new
+- new connections after SIGTERM are *refused* (the listeners take none and close 0.2 s later,
+  tests/faults/test_drain_handshakes.py; no 503 on new
   connections: a load balancer sees the refusal and tries another replica, and /readyz on
   connections already open says 503 -- tests/foundation/test_process.py);
 - the supervisor exits 0 and no process of the group is left; the log has no Traceback;
