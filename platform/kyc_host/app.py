@@ -18,6 +18,7 @@ import signal
 import socket
 import sys
 import time
+from collections import deque
 from collections.abc import Awaitable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -418,6 +419,28 @@ def _share_metrics_between_workers() -> str | None:
     return created
 
 
+#: The supervisor gives up (stops the other workers, exits 1) on a crash loop: more than this
+#: many restarts per worker within RESTART_WINDOW_SECONDS. Restarts spread over time (a worker
+#: killed now and then by the OOM killer, over months) never add up to it.
+RESTARTS_PER_WORKER = 10
+RESTART_WINDOW_SECONDS = 60.0
+
+
+class RestartBudget:
+    """At most ``limit`` restarts within any ``window`` seconds."""
+
+    def __init__(self, limit: int, window: float) -> None:
+        self.limit, self.window = limit, window
+        self._times: deque[float] = deque()
+
+    def take(self, now: float) -> bool:
+        """Count a restart at ``now`` (``time.monotonic()``); False if it is one too many."""
+        while self._times and now - self._times[0] >= self.window:
+            self._times.popleft()
+        self._times.append(now)
+        return len(self._times) <= self.limit
+
+
 def _supervise(settings: PlatformSettings, workers: int,
                listeners: tuple[Sockets, Sockets] | None) -> int:
     children: dict[int, int] = {}  # pid -> worker index
@@ -455,7 +478,7 @@ def _supervise(settings: PlatformSettings, workers: int,
     for index in range(workers):
         spawn(index)
     log.info("supervisor %d started %d workers", os.getpid(), workers)
-    restarts = 0
+    restarts = RestartBudget(RESTARTS_PER_WORKER * workers, RESTART_WINDOW_SECONDS)
     gave_up = False
     while children:
         pid, status = os.wait()
@@ -467,9 +490,9 @@ def _supervise(settings: PlatformSettings, workers: int,
         index = children.pop(pid)
         code = os.waitstatus_to_exitcode(status)
         log.error("worker %d (pid %d) exited with %d; restarting", index, pid, code)
-        restarts += 1
-        if restarts > 10 * workers:
-            log.error("too many worker restarts; giving up")
+        if not restarts.take(time.monotonic()):
+            log.error("%d worker restarts within %g s; giving up", restarts.limit + 1,
+                      restarts.window)
             gave_up = True
             forward(signal.SIGTERM, None)
             continue

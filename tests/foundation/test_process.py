@@ -8,6 +8,7 @@ test hook to the product.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -27,7 +28,7 @@ import pytest
 import tomli_w
 
 from conftest import ROOT, FerretDB, ferretdb_port, free_port, make_tenant_doc
-from kyc_host.app import serve
+from kyc_host.app import RESTARTS_PER_WORKER, RestartBudget, serve
 from kyc_host.crypto.master import write_new_key_file
 from kyc_host.errors import ListenError
 from kyc_host.settings import Listen, load_settings, with_overrides
@@ -659,6 +660,47 @@ def test_a_worker_that_dies_is_restarted_and_its_gauges_leave_metrics(
     assert "kyc_tenants_loaded 1.0" in metrics, metrics
     server.send_signal(signal.SIGTERM)
     assert server.wait(30) == 0
+
+
+def test_a_crash_loop_of_workers_makes_the_supervisor_give_up_and_exit_1(
+    workspace: Workspace, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    """--workers 2, and every worker SIGKILLed as soon as it appears: after 20 restarts
+    within a minute (10 per worker) the supervisor gives up, stops the worker left and exits 1
+    -- for the process manager to see -- instead of forking forever."""
+    server = workspace.serve("--workers", "2")
+    processes.append(server)
+    workspace.wait_ready(server)
+    killed: set[int] = set()
+    end = time.monotonic() + 60
+    while server.poll() is None and time.monotonic() < end:
+        for pid in set(children_of(server.pid)) - killed:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            killed.add(pid)
+        time.sleep(0.02)
+    assert wait_exit(server, 30) == 1, workspace.log()
+    log = workspace.log()
+    assert log.count("; restarting") == 2 * RESTARTS_PER_WORKER + 1, log
+    assert f"{2 * RESTARTS_PER_WORKER + 1} worker restarts within 60 s; giving up" in log
+    assert not [pid for pid in killed if running(pid)]
+    assert "Traceback" not in log
+
+
+def test_the_restart_budget_counts_restarts_within_its_window_only() -> None:
+    """A crash loop ends it; restarts spread over months (a worker killed by the OOM killer
+    now and then) never do: the old lifetime count gave up on a long-running server's 21st."""
+    budget = RestartBudget(limit=20, window=60.0)
+    assert all(budget.take(1000.0 + n) for n in range(20))  # 20 within 20 s
+    assert not budget.take(1019.5)  # the 21st within the minute
+    spread = RestartBudget(limit=20, window=60.0)
+    assert all(spread.take(3600.0 * n) for n in range(1000))  # one an hour, for 6 weeks
+    edge = RestartBudget(limit=2, window=60.0)
+    assert edge.take(0.0)
+    assert edge.take(30.0)
+    assert not edge.take(59.0)
+    assert edge.take(90.0)  # 0.0 and 30.0 are out of the window: 59.0 and 90.0 in it
+    assert not edge.take(91.0)
 
 
 def children_of(pid: int) -> list[int]:
