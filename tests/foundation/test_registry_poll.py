@@ -9,6 +9,7 @@ The service below is the real one; it only remembers which whole records were as
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from conftest import api_document, make_tenant_doc
 from kyc_host.crypto.master import KeyProvider, load_key_provider
 from kyc_host.settings import PlatformSettings
 from kyc_host.store.base import Store
-from kyc_host.tenancy.registry import TenantRegistry
+from kyc_host.tenancy.registry import FULL_CHECK_SECONDS, WINDOW_SECONDS, TenantRegistry
 from kyc_host.tenancy.service import TenantService
 
 
@@ -120,3 +121,68 @@ async def test_new_and_offboarded_tenants_are_picked_up(
     assert service.read == []
     assert registry.get("t2") is None
     assert registry.for_host("h2.test") is None
+
+
+async def _age(service: TenantService, tenant_id: str, seconds: float) -> None:
+    """Date the record's last change ``seconds`` back: a change the windowed poll can no
+    longer see, as after a minute of polls failing against an unreachable store."""
+    assert await service.tenants.update_one(
+        {"_id": tenant_id}, set={"updated_at": time.time() - seconds}) == 1
+
+
+async def test_a_change_before_the_window_is_found_after_a_gap_in_the_polls(
+    service: RecordingService, keys: KeyProvider, settings: PlatformSettings
+) -> None:
+    """A suspension this process's polls missed (their store was unreachable for over 30 s)
+    used to stay unseen until a restart: the tenant went on being served. After a gap of
+    more than half a window since the last successful poll, a poll compares every record."""
+    for i in range(3):
+        await apply(service, f"t{i}", f"h{i}.test")
+    registry = TenantRegistry(service, keys, settings)
+    await registry.refresh()
+    others = registry.get("t0"), registry.get("t2")
+    assert await service.set_status("t1", "suspended")
+    await _age(service, "t1", 2 * WINDOW_SECONDS)
+    # Polls in their rhythm compare only the window (a full comparison each second would
+    # read every record's head: what the window saves).
+    assert await registry.refresh() == 0
+    assert registry.get("t1").status == "active"  # type: ignore[union-attr]
+    registry._polled_at -= WINDOW_SECONDS  # the last successful poll began 30 s ago
+    assert await registry.refresh() == 1
+    assert registry.get("t1").status == "suspended"  # type: ignore[union-attr]
+    assert service.read == [["t1"]]  # the other records' heads matched: not read
+    assert (registry.get("t0"), registry.get("t2")) == others
+
+    # The same for an offboarding: the tenant and its host are gone.
+    assert await service.offboard("t2") is not None
+    await _age(service, "t2", 2 * WINDOW_SECONDS)
+    registry._polled_at -= WINDOW_SECONDS
+    assert await registry.refresh() == 1
+    assert registry.get("t2") is None
+    assert registry.for_host("h2.test") is None
+    assert registry.get("t0") is others[0]
+
+
+async def test_every_record_is_compared_at_least_every_few_minutes(
+    service: RecordingService, keys: KeyProvider, settings: PlatformSettings
+) -> None:
+    """Without any gap: a change dated before the window (a writer's clock behind this
+    host's, or this host's clock stepped forward) is found by the periodic full comparison."""
+    await apply(service, "t0", "h0.test")
+    await apply(service, "t1", "h1.test")
+    registry = TenantRegistry(service, keys, settings)
+    await registry.refresh()
+    await apply(service, "t1", "moved.test")
+    await _age(service, "t1", 10 * WINDOW_SECONDS)
+    assert await registry.refresh() == 0
+    assert registry.for_host("h1.test") is registry.get("t1")
+    registry._full_at -= FULL_CHECK_SECONDS
+    assert await registry.refresh() == 1
+    assert registry.for_host("h1.test") is None
+    assert registry.for_host("moved.test") is registry.get("t1") is not None
+    assert service.read == [["t1"]]
+    # And the next poll is a windowed one again.
+    await apply(service, "t0", "again.test")
+    await _age(service, "t0", 10 * WINDOW_SECONDS)
+    assert await registry.refresh() == 0
+    assert registry.for_host("h0.test") is registry.get("t0")

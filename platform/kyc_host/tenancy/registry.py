@@ -7,6 +7,14 @@ everywhere within ``tenant_refresh_seconds``. The window (rather than "since my 
 tolerates writes that commit a little after their ``updated_at`` and modest clock skew
 between hosts.
 
+A window cannot see what changed before it began. So a poll compares the heads of *every*
+record instead when the last successful poll began more than half a window ago (the store
+was unreachable from this process for a while, the loop or the machine stalled, or
+``tenant_refresh_seconds`` is long), and in any case every :data:`FULL_CHECK_SECONDS` (a
+clock that stepped forward, or a host whose clock runs ahead of this one's). Without it, a
+tenant suspended while the store was unreachable from one process for over 30 s stayed
+active there until it restarted.
+
 There is no default tenant: an unknown host resolves to None and the handler answers 404.
 Secrets are unwrapped lazily, on a tenant's first request, so start-up with thousands of
 tenants stays fast and idle tenants cost little memory.
@@ -33,6 +41,8 @@ from kyc_host.tenancy.service import TenantService
 log = logging.getLogger(__name__)
 
 WINDOW_SECONDS = 30.0
+#: Longest time between two polls that compare every record's head (see the module doc).
+FULL_CHECK_SECONDS = 300.0
 #: Answer while a tenant's secrets cannot be unwrapped (reliability-plan F10).
 KEYS_UNAVAILABLE = "this service's keys are unavailable; retry later"
 
@@ -122,6 +132,9 @@ class TenantRegistry:
         self._by_id: dict[str, Tenant] = {}
         self._by_host: dict[str, Tenant] = {}
         self._loaded = False
+        # time.monotonic() at the start of the last successful poll, and of the last one that
+        # compared every record's head.
+        self._polled_at = self._full_at = float("-inf")
         self._task: asyncio.Task[None] | None = None
         self._served = re.compile("|".join(
             re.escape(p).replace(r"\*", "[a-z0-9-]*").replace(r"\?", "[a-z0-9-]")
@@ -157,13 +170,20 @@ class TenantRegistry:
         of N tenants the window holds N records for 30 s, and reading and decoding all of
         them every second cost a 1,000-tenant process 5-17% of its CPU (BENCHMARKS.md).
         """
-        if self._loaded:
-            heads = await self._service.revisions_since(time.time() - WINDOW_SECONDS)
-            stale = [str(head["_id"]) for head in heads if self._differs(head)]
-            records = await self._service.records(stale) if stale else []
-        else:
+        started = time.monotonic()
+        full = started - self._polled_at > WINDOW_SECONDS / 2 or (
+            started - self._full_at >= FULL_CHECK_SECONDS)
+        if not self._loaded:
             records = await self._service.all_records()
             self._loaded = True
+        else:
+            since = None if full else time.time() - WINDOW_SECONDS
+            heads = await self._service.revisions_since(since)
+            stale = [str(head["_id"]) for head in heads if self._differs(head)]
+            records = await self._service.records(stale) if stale else []
+        self._polled_at = started
+        if full:
+            self._full_at = started
         changed = 0
         for record in records:
             current = self._by_id.get(str(record["_id"]))

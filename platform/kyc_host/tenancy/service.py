@@ -219,11 +219,13 @@ class TenantService:
     async def all_records(self) -> list[dict[str, Any]]:
         return await self.tenants.find({})
 
-    async def revisions_since(self, timestamp: float) -> list[dict[str, Any]]:
-        """``_id``, ``rev`` and ``status`` of the records updated at or after ``timestamp``:
-        what the registry's poll needs to tell which records changed, without reading (and
-        decoding) whole records, config and wrapped secrets, every second."""
-        return await self.tenants.find({"updated_at": gte(timestamp)}, fields=["rev", "status"])
+    async def revisions_since(self, timestamp: float | None) -> list[dict[str, Any]]:
+        """``_id``, ``rev`` and ``status`` of the records updated at or after ``timestamp``
+        (None: of every record): what the registry's poll needs to tell which records
+        changed, without reading (and decoding) whole records, config and wrapped secrets,
+        every second."""
+        query = {} if timestamp is None else {"updated_at": gte(timestamp)}
+        return await self.tenants.find(query, fields=["rev", "status"])
 
     async def records(self, tenant_ids: Sequence[str]) -> list[dict[str, Any]]:
         """The whole records of ``tenant_ids`` (any status), in batches of bounded size."""
