@@ -62,7 +62,7 @@ class Outbox:
         self.leases = store.tenant(tenant_id, "outbox_leases")
         self.customers = store.tenant(tenant_id, "customers")
         self._wake = store.platform("outbox_wake")
-        self._woke_at = 0.0
+        self._woke_at = float("-inf")  # time.monotonic()
 
     # --- relaying (record -> outbox) ---
 
@@ -90,10 +90,10 @@ class Outbox:
         Workers look at markers of the last few seconds (worker.WAKE_MARGIN) on every poll, so
         one marker write per second per tenant and process is enough.
         """
-        now = time.time()
-        if now - self._woke_at < WAKE_EVERY:
+        tick, now = time.monotonic(), time.time()
+        if tick - self._woke_at < WAKE_EVERY:
             return
-        self._woke_at = now
+        self._woke_at = tick
         try:
             await self._wake.update_one({"_id": self.tenant_id}, set={"at": now}, upsert=True)
         except DuplicateKeyError:  # two first upserts raced (FerretDB): it exists now

@@ -114,7 +114,7 @@ class CallbackWorker:
         self._drains: dict[str, asyncio.Task[None]] = {}
         self._wakes: dict[str, asyncio.Event] = {}
         self._stopping = False
-        self._cleaned_at = 0.0
+        self._cleaned_at = float("-inf")  # time.monotonic()
         self._next_due: dict[str, float] = {}
         self._markers: dict[str, _Marker] = {}  # tenant -> the wake-up marker last acted on
 
@@ -143,15 +143,17 @@ class CallbackWorker:
         self.http.close()
 
     async def _run(self) -> None:
-        last_sweep = 0.0
+        # Intervals on the monotonic clock (a wall clock stepped back stopped the sweep for
+        # as long); store times on the wall clock, which every host shares.
+        last_sweep = float("-inf")
         last_check = time.time() - WAKE_MARGIN
         while True:
-            now = time.time()
+            now, tick = time.time(), time.monotonic()
             try:
-                if now - last_sweep >= self.sweep:
+                if tick - last_sweep >= self.sweep:
                     tenants = {t.id for t in self.services.registry.served()}
                     await self._sweep_records(tenants, now)
-                    last_sweep = now
+                    last_sweep = tick
                 else:
                     markers = await woken_tenants(self.services.store, last_check - WAKE_MARGIN)
                     tenants = self._woken(markers, now)
@@ -168,9 +170,10 @@ class CallbackWorker:
             await asyncio.sleep(self.poll)
 
     async def _sweep_records(self, tenant_ids: set[str], now: float) -> None:
-        cleanup = now - self._cleaned_at >= CLEANUP_SECONDS
+        tick = time.monotonic()
+        cleanup = tick - self._cleaned_at >= CLEANUP_SECONDS
         if cleanup:
-            self._cleaned_at = now
+            self._cleaned_at = tick
         for tenant_id in tenant_ids:
             outbox = Outbox(self.services.store, tenant_id)
             if cleanup:  # housekeeping writes, so not on every sweep

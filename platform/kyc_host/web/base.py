@@ -29,6 +29,8 @@ from kyc_host.tenancy.registry import Tenant
 
 log = logging.getLogger("kyc_host.web")
 access_log = logging.getLogger("kyc_host.access")
+#: The methods that are a metric label of their own; any other is counted as "other".
+LABELLED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 _GENERIC = {400: "bad request", 404: "not found", 405: "method not allowed",
             413: "request body too large", 500: "internal server error"}
@@ -227,7 +229,10 @@ def log_request(handler: RequestHandler) -> None:
     services: Services | None = handler.application.settings.get("services")
     if services is None:
         return
-    metrics, route, method = services.metrics, type(handler).__name__, request.method or ""
+    metrics, route = services.metrics, type(handler).__name__
+    # Tornado passes any method token through (and answers it 405): as a label, each new one
+    # a client made up would add series for good.
+    method = request.method if request.method in LABELLED_METHODS else "other"
     metrics.requests.labels(tenant_id or "", route, method, str(status)).inc()
     metrics.latency.labels(route, method).observe(seconds)
     if route == "AuthHandler" and method == "POST" and tenant_id:
