@@ -3,6 +3,7 @@ does not exist", what counts as "Horizon is unavailable", and what is an unreada
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -11,6 +12,7 @@ from stellar_sdk import Keypair
 
 from conftest import free_port
 from kyc_host.net import AccountSigners, HorizonBadAnswer, HorizonClient, HorizonUnavailable
+from kyc_host.net import horizon as horizon_module
 
 
 @pytest.fixture(name="client")
@@ -61,3 +63,33 @@ async def test_unreadable_answer(horizon: HorizonStub, client: HorizonClient,
     horizon.state.accounts[account] = record
     with pytest.raises(HorizonBadAnswer):
         await client.account(horizon.url, account)
+
+
+async def test_idle_connections_to_a_horizon_no_longer_used_are_closed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Horizon no lookup goes to any more (its tenant moved to another, or was offboarded)
+    kept its idle keep-alive connections open for good; they are closed once idle for
+    IDLE_SECONDS, when any lookup ends. The Horizon in use keeps its connection."""
+    monkeypatch.setattr(horizon_module, "IDLE_SECONDS", 1.0)
+    old, new = HorizonStub(), HorizonStub()
+    client = HorizonClient(timeout=2, per_horizon_limit=4)
+    try:
+        await asyncio.gather(*(client.account(old.url, Keypair.random().public_key)
+                               for _ in range(3)))
+        assert len(old.http._connections) == 3  # kept alive
+        await asyncio.sleep(0.7)
+        await client.account(new.url, Keypair.random().public_key)
+        in_use = set(new.http._connections)
+        assert len(in_use) == 1
+        await asyncio.sleep(0.5)  # old's idle for 1.2 s, new's for 0.5 s
+        await client.account(new.url, Keypair.random().public_key)
+        for _ in range(50):  # the Horizon sees the closes
+            if not old.http._connections:
+                break
+            await asyncio.sleep(0.02)
+        assert len(old.http._connections) == 0
+        assert set(new.http._connections) == in_use  # reused, not closed
+    finally:
+        client.close()
+        await old.close()
+        await new.close()

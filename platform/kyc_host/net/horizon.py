@@ -155,6 +155,7 @@ class _KeepAlivePool:
         self._open: set[IOStream] = set()
         self._closed = False
         self._ssl = ssl.create_default_context()
+        self._pruned_at = time.monotonic()
 
     def close(self) -> None:
         self._closed = True
@@ -246,6 +247,9 @@ class _KeepAlivePool:
 
     def _finish(self, origin: tuple[str, str, int], stream: IOStream,
                 response: _Response) -> tuple[int, bytes]:
+        now = time.monotonic()
+        if now - self._pruned_at >= IDLE_SECONDS:
+            self._prune(now)
         idle = self._idle.setdefault(origin, [])
         if (response.keep_alive and not self._closed and not stream.closed()
                 and len(idle) < MAX_IDLE_PER_ORIGIN):
@@ -253,6 +257,23 @@ class _KeepAlivePool:
         else:
             self._drop(stream)
         return response.code, b"".join(response.chunks)
+
+
+    def _prune(self, now: float) -> None:
+        """Close the connections idle too long, of every origin. An origin no lookup goes to
+        any more (a tenant that changed its Horizon URL, or was offboarded) never reaches
+        ``_take`` again: its idle connections stayed open, up to 16 a Horizon, for good."""
+        self._pruned_at = now
+        for origin, streams in list(self._idle.items()):
+            fresh = [(since, s) for since, s in streams
+                     if now - since < IDLE_SECONDS and not s.closed()]
+            for since, stream in streams:
+                if (since, stream) not in fresh:
+                    self._drop(stream)
+            if fresh:
+                self._idle[origin] = fresh
+            else:
+                del self._idle[origin]
 
 
 def _close_connected(attempt: asyncio.Future[IOStream]) -> None:
