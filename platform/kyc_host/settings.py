@@ -57,6 +57,7 @@ class PlatformSettings:
     callbacks_attempt_timeout_seconds: float = 5.0
     callbacks_retry_base_seconds: float = 30.0
     callbacks_retry_max_seconds: float = 0.0
+    callbacks_dead_retention_days: int = 30
     # Retention purge job (kyc_host/retention/purge.py).
     purge_interval_seconds: float = 3600.0
     # Rate limits (kyc_host/ratelimit/): on/off, and the proxies whose client-address
@@ -283,6 +284,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Wait after the first failed attempt; it doubles with each further failure."),
     Setting("callbacks_retry_max_seconds", _seconds(0.01, 86400, zero=True), 0.0,
             "Longest wait between attempts; 0 derives it from each tenant's retry horizon."),
+    Setting("callbacks_dead_retention_days", _count(1, 3650, zero=True), 30,
+            "Days a dead-lettered or disabled callback event is kept for replay; 0: for good."),
     Setting("purge_interval_seconds", _seconds(0.05, 86400), 3600.0,
             "How often each process shreds erased customers whose retention period is over."),
     Setting("rate_limits", _parse_bool, True,

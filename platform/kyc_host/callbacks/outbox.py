@@ -32,7 +32,7 @@ from typing import Any
 from kyc_host.callbacks import events as ev
 from kyc_host.errors import Conflict, NotFound
 from kyc_host.sep.sep12_status import assess, missing_required
-from kyc_host.store.base import Doc, DuplicateKeyError, Store, StoreError, gte, lt, lte
+from kyc_host.store.base import Doc, DuplicateKeyError, Store, StoreError, gte, in_, lt, lte
 from kyc_host.store.customers import CustomerRecord
 from kyc_host.tenancy.schema import TenantConfig
 
@@ -186,12 +186,18 @@ class Outbox:
         fields = {**changes, "attempt": attempt, "updated_at": time.time()}
         return await self.events.update_one({"_id": event_id}, set=fields) == 1
 
-    async def purge_delivered(self, now: float) -> int:
+    async def purge_delivered(self, now: float, dead_retention: float = 0.0) -> int:
         """Delivered events are kept :data:`DELIVERED_RETENTION` seconds (for the delivery
         log), then removed, so the outbox does not grow without bound. Dead and disabled
-        events stay until an admin replays them."""
-        return await self.events.delete_many({"state": str(ev.EventState.DELIVERED),
-                                              "updated_at": lt(now - DELIVERED_RETENTION)})
+        events (a body each, kept for an admin's replay) are removed ``dead_retention``
+        seconds after they became so (0: they stay until replayed)."""
+        removed = await self.events.delete_many({"state": str(ev.EventState.DELIVERED),
+                                                 "updated_at": lt(now - DELIVERED_RETENTION)})
+        if dead_retention > 0:
+            removed += await self.events.delete_many(
+                {"state": in_([str(ev.EventState.DEAD), str(ev.EventState.DISABLED)]),
+                 "updated_at": lt(now - dead_retention)})
+        return removed
 
     async def drop_expired_leases(self, now: float) -> int:
         """Expired leases decide nothing any more (a claimer skips past them), so they go."""

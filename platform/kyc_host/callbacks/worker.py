@@ -178,7 +178,8 @@ class CallbackWorker:
             outbox = Outbox(self.services.store, tenant_id)
             if cleanup:  # housekeeping writes, so not on every sweep
                 await outbox.drop_expired_leases(now)
-                await outbox.purge_delivered(now)
+                await outbox.purge_delivered(
+                    now, self.services.settings.callbacks_dead_retention_days * 86400.0)
             relayed = await outbox.sweep_records(now - RECORD_GRACE)
             if relayed:
                 log.info("tenant %s: relayed %d callback event(s) left by an interrupted "
