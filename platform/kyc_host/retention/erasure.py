@@ -24,6 +24,7 @@ processes shredding one record at once both succeed (the second finds nothing le
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from typing import Any
 from kyc_host import audit
 from kyc_host.crypto.records import TenantCipher
 from kyc_host.retention.config import Retention
-from kyc_host.store.base import Doc, Store, gt, in_, lte
+from kyc_host.store.base import Doc, Store, gt, in_, lte, ne
 from kyc_host.store.customers import COLLECTION as CUSTOMERS
 from kyc_host.store.customers import CustomerRecord, CustomerRepository
 from kyc_host.store.files import FileRepository
@@ -60,7 +61,7 @@ class PurgeReport:
     shredded: list[str] = field(default_factory=list)
     finished: list[str] = field(default_factory=list)  # interrupted erasures completed
     resurrected: list[str] = field(default_factory=list)  # racing writes removed again
-    paused: list[str] = field(default_factory=list)  # due, but under legal hold
+    paused: list[str] = field(default_factory=list)  # due, but under legal hold (a batch)
     expired_files: int = 0
     attached_files: int = 0  # expired, but named by their customer's record: a PUT cut midway
     interrupted_files: int = 0  # leftover chunks of crashed file writes/deletes removed
@@ -219,18 +220,7 @@ class Erasures:
         run in every process at once."""
         at = time.time() if now is None else now
         report = PurgeReport(self.tenant_id)
-        for doc in await self._erasures.find({"state": "held", "shred_after": lte(at)},
-                                             sort=[("shred_after", 1)], limit=BATCH):
-            if doc.get("legal_hold"):
-                report.paused.append(str(doc["_id"]))
-                continue
-            report.shredded.append(str(doc["_id"]))
-            if not dry_run:
-                # Rotations re-wrapped the held key since: name the version that wraps it now.
-                wrapped: dict[str, Any] = (doc.get("record") or {}).get("key") or {}
-                await self._shred(str(doc["_id"]), list(doc.get("files", [])),
-                                  int(wrapped.get("v") or doc.get("kek_version") or 0),
-                                  held_since=float(doc.get("deleted_at", at)), actor=actor)
+        await self._shred_due(at, report, actor, dry_run)
         for doc in await self._erasures.find({"state": "shredding"}, limit=BATCH):
             report.finished.append(str(doc["_id"]))
             if not dry_run:
@@ -240,6 +230,37 @@ class Erasures:
             report.expired_files, report.attached_files = await self.files.purge_expired(at)
             report.interrupted_files = await self.files.purge_interrupted(at)
         return report
+
+    async def _shred_due(self, at: float, report: PurgeReport, actor: str,
+                         dry_run: bool) -> None:
+        """Shred the held records due at ``at``, a batch at a time until none is left.
+
+        Legal holds are left out by the query, not skipped after it: due records under a
+        legal hold (one with ``keep_days = 0`` is due at once) would otherwise come first in
+        every batch, and once a batch's worth piled up no other customer of the tenant would
+        be shredded again. ``ne(True)``: a marker without the field is not under a hold."""
+        due = {"state": "held", "shred_after": lte(at)}
+        report.paused = [str(d["_id"]) for d in await self._erasures.find(
+            {**due, "legal_hold": True}, sort=[("shred_after", 1)], limit=BATCH, fields=[])]
+        seen: set[str] = set()
+        while True:
+            docs = await self._erasures.find({**due, "legal_hold": ne(True)},
+                                             sort=[("shred_after", 1)], limit=BATCH)
+            fresh = [d for d in docs if str(d["_id"]) not in seen]
+            for doc in fresh:
+                seen.add(str(doc["_id"]))
+                report.shredded.append(str(doc["_id"]))
+                if not dry_run:
+                    # Rotations re-wrapped the held key since: name the version that wraps it now.
+                    wrapped: dict[str, Any] = (doc.get("record") or {}).get("key") or {}
+                    await self._shred(str(doc["_id"]), list(doc.get("files", [])),
+                                      int(wrapped.get("v") or doc.get("kek_version") or 0),
+                                      held_since=float(doc.get("deleted_at", at)), actor=actor)
+            # A short batch was the last. A dry run would read the same batch again, and a
+            # batch of records this run shredded already makes no progress: stop there too.
+            if len(docs) < BATCH or not fresh or dry_run:
+                return
+            await asyncio.sleep(0)  # the loop's ready work (requests) runs between batches
 
     async def exposed(self, held_versions: list[int]) -> int:
         """Shredded customers whose data key was wrapped by a KEK version the tenant still
