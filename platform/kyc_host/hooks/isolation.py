@@ -26,7 +26,10 @@ The worker gets no platform secrets: a minimal environment, the tenant document 
 the tenant's own in-process context, so a worker reaches nothing another tenant owns.
 
 Workers never outlive the server: :func:`close_pools` (called by ``Server.stop``) kills and
-reaps them, and each worker asks the kernel to SIGKILL it when the server process dies.
+reaps them, and each worker asks the kernel to SIGKILL it when the server process dies. Nor
+their tenant version: a pool is retired when the next version builds its own
+(:func:`pool_for`), or when the tenant registry drops or suspends the tenant or loads a
+version that runs its plugin in-process (:func:`retire_pool`).
 """
 
 from __future__ import annotations
@@ -343,7 +346,8 @@ class WorkerPool:
             self._retry_at = time.monotonic() + delay
 
     async def retire(self) -> None:
-        """A newer tenant version took over: stop idle workers; busy ones end on release."""
+        """The tenant version is gone (replaced, suspended, offboarded): stop idle workers;
+        busy ones end on release, so a hook call in flight still gets its answer."""
         self.closed = True
         idle, self._idle = self._idle, []
         for worker in idle:
@@ -478,11 +482,24 @@ def pool_for(owner: object, spec: WorkerSpec, size: int) -> WorkerPool:
     previous = pools.get(spec.tenant_id)
     pools[spec.tenant_id] = pool
     if previous is not None:
-        try:
-            _background(previous.retire)
-        except RuntimeError:  # no event loop (a synchronous caller): nothing runs yet
-            previous.closed = True
+        _retire(previous)
     return pool
+
+
+def retire_pool(owner: object, tenant_id: str) -> None:
+    """Retire the tenant's pool, if it has one, as :func:`pool_for` retires a replaced one:
+    the tenant was offboarded or suspended, or its new version runs its plugin in-process
+    (tenancy/registry.py), so no new version will take the pool over."""
+    previous = _pools.get(id(owner), {}).pop(tenant_id, None)
+    if previous is not None:
+        _retire(previous)
+
+
+def _retire(pool: WorkerPool) -> None:
+    try:
+        _background(pool.retire)
+    except RuntimeError:  # no event loop (a synchronous caller): nothing runs yet
+        pool.closed = True
 
 
 def pools_of(owner: object) -> list[WorkerPool]:

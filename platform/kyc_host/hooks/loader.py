@@ -9,7 +9,8 @@ checked to be a plain Python identifier), never from a request. It is looked up:
    entry point ``<name>`` names the class (``pkg.module:ClassName``).
 
 A module is imported once per process (per file version) however many tenants use it; each
-tenant gets its own instance.
+tenant gets its own instance. Only the latest version of a file is kept: a tenant version
+built from an older one holds its class (and so its module) for as long as it lives.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from kyc_host.hooks.contract import CustomerHooks
 
 ENTRY_POINT_GROUP = "kyc_host.plugins"
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
-_modules: dict[tuple[str, float], ModuleType] = {}
+#: The imported module of each plugin file, by resolved path, with the file's mtime then.
+_modules: dict[str, tuple[float, ModuleType]] = {}
 
 
 class PluginError(Exception):
@@ -57,10 +59,10 @@ def _module_file(plugins_dir: Path, name: str) -> Path | None:
 
 
 def _import_file(name: str, path: Path) -> ModuleType:
-    key = (str(path.resolve()), path.stat().st_mtime)
-    module = _modules.get(key)
-    if module is not None:
-        return module
+    key, mtime = str(path.resolve()), path.stat().st_mtime
+    cached = _modules.get(key)
+    if cached is not None and cached[0] == mtime:
+        return cached[1]
     module_name = f"kyc_host_plugins.{name}"
     locations = [str(path.parent)] if path.name == "__init__.py" else None
     spec = importlib.util.spec_from_file_location(module_name, path,
@@ -75,7 +77,7 @@ def _import_file(name: str, path: Path) -> ModuleType:
         sys.modules.pop(module_name, None)
         raise PluginError(f"plugin {name!r}: importing {path} raised "
                           f"{type(exc).__name__}: {exc}") from exc
-    _modules[key] = module
+    _modules[key] = (mtime, module)
     return module
 
 

@@ -46,7 +46,7 @@ def build_service(tenant: Tenant, store: Store, settings: PlatformSettings,
                         tenant_log(tenant.id, config.plugin),
                         None if http is None else TenantHttp(http, tenant.id))
     runner: HookRunner
-    if hooks is None and config.plugin is not None and config.plugin_isolation.untrusted:
+    if hooks is None and tenant.isolated:
         # Untrusted: the plugin is never imported here; its hooks run in worker processes.
         runner = IsolatedRunner(ctx, config.limits.hook_timeout_seconds,
                                 _worker_pool(tenant, store, settings, http is not None))

@@ -32,6 +32,7 @@ from typing import Any
 
 from kyc_host.crypto.master import KeyProvider, KeyUnavailable
 from kyc_host.errors import ConfigError, ServiceUnavailable
+from kyc_host.hooks.isolation import retire_pool
 from kyc_host.settings import PlatformSettings
 from kyc_host.store.base import StoreError
 from kyc_host.tenancy.schema import TenantConfig, parse_tenant
@@ -87,6 +88,11 @@ class Tenant:
     @property
     def active(self) -> bool:
         return self.status == "active"
+
+    @property
+    def isolated(self) -> bool:
+        """Whether the plugin runs in worker processes (``[plugin_isolation]``, untrusted)."""
+        return self.config.plugin is not None and self.config.plugin_isolation.untrusted
 
     @cached_property
     def secrets(self) -> TenantSecrets:
@@ -209,17 +215,25 @@ class TenantRegistry:
             for host in old.config.hosts:
                 if self._by_host.get(host) is old:
                     del self._by_host[host]
+        tenant = self._load(tenant_id, record)
+        if old is not None and not (tenant is not None and tenant.active and tenant.isolated):
+            # No new version will build a worker pool that retires the old one
+            # (sep/sep12_tenant.py): its idle workers would stay until the server stops.
+            retire_pool(self._service.store, tenant_id)
+
+    def _load(self, tenant_id: str, record: Mapping[str, Any]) -> Tenant | None:
         if record["status"] == "deleted":
-            return
+            return None
         try:
             config = parse_tenant(record["config"], f"store tenant {tenant_id!r}")
         except ConfigError as exc:
             log.error("tenant %s not loaded: %s", tenant_id, exc, extra={"tenant": tenant_id})
-            return
+            return None
         tenant = Tenant(record, config, self._keys, self._settings)
         self._by_id[tenant_id] = tenant
         for host in config.hosts:
             self._by_host[host] = tenant
+        return tenant
 
     def start(self) -> None:
         """Start polling the store in the background (call from the running loop)."""
