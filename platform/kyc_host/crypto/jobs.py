@@ -34,10 +34,15 @@ class JobBusy(Exception):
     """Another run holds this job's lease."""
 
 
+def lease_id(job_id: str) -> str:
+    """The ``key_jobs`` id of the lease of ``job_id``."""
+    return f"{job_id}:lease"
+
+
 class Lease:
     def __init__(self, jobs: Collection, job_id: str) -> None:
         self._jobs = jobs
-        self._id = f"{job_id}:lease"
+        self._id = lease_id(job_id)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
     async def acquire(self) -> None:
@@ -69,7 +74,7 @@ class Lease:
 
 async def live_lease(jobs: Collection, job_id: str) -> Doc | None:
     """The lease of ``job_id`` if a live run holds it (None: no run is working on it)."""
-    held = await jobs.find_one({"_id": f"{job_id}:lease"})
+    held = await jobs.find_one({"_id": lease_id(job_id)})
     return None if held is None or _stale(held) else held
 
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from kyc_host import audit
-from kyc_host.crypto.jobs import BatchHook, Checkpoint, Lease, Progress, note
+from kyc_host.crypto.jobs import BatchHook, Checkpoint, Lease, Progress, lease_id, note
 from kyc_host.crypto.master import KeyProvider, WrappedKey
 from kyc_host.crypto.records import TenantCipher
 from kyc_host.crypto.tenant_keys import (
@@ -90,6 +90,15 @@ def rotate_job_id(tenant_id: str) -> str:
 def reindex_job_id(tenant_id: str) -> str:
     """The ``key_jobs`` id of a tenant's reindex."""
     return f"reindex:{tenant_id}"
+
+
+def tenant_job_documents(tenant_id: str) -> list[str]:
+    """The ids of every ``key_jobs`` document of one tenant: its jobs' checkpoints and
+    leases. Offboarding removes them (tenancy/service.py): a checkpoint left behind would be
+    resumed by the next tenant applied under the same id, whose fresh secrets never held
+    the job's target version."""
+    jobs = [rotate_job_id(tenant_id), reindex_job_id(tenant_id)]
+    return [*jobs, *map(lease_id, jobs)]
 
 
 async def _run(ctx: JobContext, job_id: str, stages: dict[str, Any], first: Any) -> Doc:

@@ -15,6 +15,7 @@ from typing import Any
 
 from kyc_host import audit
 from kyc_host.audit import iso
+from kyc_host.crypto.tenant_keys import settle
 from kyc_host.errors import ApiError, BadRequest, ConfigError, Conflict, NotFound
 from kyc_host.management.auth import forget_tenant
 from kyc_host.management.base import (
@@ -81,13 +82,21 @@ async def offboard_tenant(services: Services, tenant_id: str, actor: str,
     """Offboard (the API's DELETE and ``kyc-host tenant delete``): keys destroyed, data
     dropped, hosts freed, tokens forgotten, one ``tenant.delete`` entry in the platform log;
     the record as it was. None if there is no such tenant, including one already offboarded
-    (a run cut short before its audit entry is finished, and audited, instead)."""
+    (a run cut short before its audit entry is finished, and audited, instead).
+
+    Returns after a settle interval (``2 x tenant_refresh_seconds + 1 s``): by then every
+    process has stopped serving the tenant, and the data is dropped once more, with what
+    their requests and background jobs wrote after the first drop. Only then is the run
+    marked finished; one cut short during the wait is finished by the next call."""
     record = await services.tenants.offboard(tenant_id)
     if record is None:
         return None
     await forget_tenant(services.store, tenant_id)
     services.token_cache.forget(tenant=tenant_id)
     await services.registry.refresh()
+    await settle(services.settings.tenant_refresh_seconds)
+    if await services.tenants.drop_late_writes(tenant_id):
+        await forget_tenant(services.store, tenant_id)  # a token created meanwhile
     # The tenant's own log went with its data; the proof of deletion is in the platform log.
     await audit.record(services.store, None, actor=actor, action="tenant.delete",
                        request_id=request_id, details={

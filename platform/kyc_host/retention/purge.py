@@ -95,7 +95,15 @@ class PurgeLoop:
 
     async def run_once(self) -> list[PurgeReport]:
         reports = []
-        for tenant in self.services.registry.served():  # the others' processes purge them
+        registry = self.services.registry
+        for served in registry.served():  # the others' processes purge them
+            # Looked up again: the tenants before it took a while (a KEK rotation waits
+            # several refresh intervals). One offboarded meanwhile is skipped -- purging it
+            # would write for a dropped tenant (the review queue's checkpoint), recreating
+            # its data; one changed meanwhile is purged as it is now.
+            tenant = registry.get(served.id)
+            if tenant is None:
+                continue
             try:
                 reports.append(await purge_tenant(self.services, tenant))
             except Exception:  # one tenant's failure must not stop the others' purges

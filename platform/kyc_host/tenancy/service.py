@@ -27,6 +27,7 @@ from stellar_sdk import Keypair
 
 from kyc_host.callbacks.config import check_webhook_secrets
 from kyc_host.crypto.master import KeyProvider
+from kyc_host.crypto.rotation import tenant_job_documents
 from kyc_host.errors import ConfigError
 from kyc_host.store.base import DuplicateKeyError, Store, gt, gte, in_, nin
 from kyc_host.tenancy.schema import TenantConfig, parse_tenant
@@ -254,9 +255,11 @@ class TenantService:
         ``rev`` (every process drops the tenant within seconds) and its wrapped ``secrets``
         are overwritten -- the tenant's key-encryption key, index key and signing seed exist
         nowhere else, so every ciphertext of the tenant becomes unreadable (crypto-shredding);
-        then its hosts are freed and its data dropped. Calling it again on a deleted tenant
-        finishes an interrupted run; once :meth:`offboard_finished` has marked the run done,
-        the tenant is gone and this returns None, as for an id that never existed.
+        then its hosts are freed and its data dropped (:meth:`drop_data`). Calling it again on
+        a deleted tenant finishes an interrupted run; once :meth:`offboard_finished` has
+        marked the run done, the tenant is gone and this returns None, as for an id that never
+        existed. Other processes may still write for the tenant until they notice the
+        deletion: :meth:`drop_late_writes`, a settle interval later, removes that.
         """
         current = await self.tenants.find_one({"_id": tenant_id})
         if current is None or current.get("offboard_finished"):
@@ -269,8 +272,41 @@ class TenantService:
                      "updated_at": now, "rev": uuid.uuid4().hex})
             log.info("tenant %s offboarded", tenant_id, extra={"tenant": tenant_id})
         await self.hosts.delete_many({"tenant": tenant_id})
-        await self.store.drop_tenant(tenant_id)
+        await self.drop_data(tenant_id)
         return current
+
+    async def drop_data(self, tenant_id: str) -> None:
+        """Remove every document of the tenant: its own collections (``Store.drop_tenant``)
+        and the platform-wide documents keyed by its id -- the checkpoints and leases of its
+        key jobs (``key_jobs``) and its callback wake-up marker (``outbox_wake``). A key job's
+        checkpoint left behind would be resumed by a tenant applied later under the same id
+        (a rotation cut short by the offboarding then failed on every run, the purge job's
+        automatic one included). ``tenant_hosts`` and ``token_index`` are cleared by
+        :meth:`offboard` and ``management.auth.forget_tenant``; ``tenants`` keeps the
+        deleted record and ``platform_audit`` the proof of deletion."""
+        await self.store.drop_tenant(tenant_id)
+        await self.store.platform("key_jobs").delete_many(
+            {"_id": in_(tenant_job_documents(tenant_id))})
+        await self.store.platform("outbox_wake").delete_one({"_id": tenant_id})
+
+    async def drop_late_writes(self, tenant_id: str) -> bool:
+        """Drop an offboarded tenant's data once more, a settle interval
+        (``crypto.tenant_keys.settle``) after :meth:`offboard` dropped it; True if it did.
+
+        Other processes serve the tenant until their registry notices the deletion (within
+        ``tenant_refresh_seconds``), and what they had under way keeps writing after the first
+        drop: a wallet's PUT, the purge job's review-queue checkpoint, a key job's checkpoint,
+        a callback wake-up marker. On MongoDB such a write even recreates the tenant's
+        database (without indexes), and a tenant applied later under the same id would
+        inherit the rows. Only while the record is still deleted and the run not finished:
+        if the id was applied again meanwhile, the data is the new tenant's and stays.
+        """
+        current = await self.tenants.find_one({"_id": tenant_id})
+        if (current is None or current.get("status") != "deleted"
+                or current.get("offboard_finished")):
+            return False
+        await self.drop_data(tenant_id)
+        return True
 
     async def offboard_finished(self, tenant_id: str) -> None:
         """Mark an offboarding complete (data dropped, deletion audited): a later
