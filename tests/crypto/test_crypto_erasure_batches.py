@@ -143,3 +143,36 @@ async def test_a_tenants_run_leaves_the_other_tenants_due_records(store: Store) 
     report = await t2.erasures.purge(now=time.time() + LATER)
     assert sorted(report.shredded) == sorted(theirs)
     assert report.paused == theirs_kept
+
+
+async def test_every_record_written_back_after_its_erasure_is_found(store: Store) -> None:
+    """A PUT that loaded a customer before its DELETE may save the record after it. The
+    purge's check for such records read the first batch of the day's erasures (shredded at
+    once, and held), so beyond a batch a written-back record kept its live data key. Every
+    one is found now; t2's customers with the same ids are not t1's to remove."""
+    t1, t2 = Tenant(store, "t1"), Tenant(store, "t2")
+    live = store.tenant("t1", "customers")
+    written_back = []
+    for keep_days in (0, 1):  # shredded at once; held
+        erasures = t1.with_days(keep_days)
+        for n in range(2 * BATCH + 1):
+            record = t1.customers.new()
+            record.fields["first_name"] = f"t1-{keep_days}-{n}"
+            await t1.customers.save(record)
+            raw = await live.find_one({"_id": record.id})
+            await erasures.erase(t1.customers, record, actor="test")
+            written_back.append((raw, record.id))
+    ids = [customer_id for _, customer_id in written_back]
+    for n, customer_id in enumerate(ids):
+        record = t2.customers.new(customer_id)
+        record.fields["first_name"] = f"t2-{n}"
+        await t2.customers.save(record)
+    for raw, _ in written_back:  # the racing PUTs' saves land now
+        await live.insert_one(raw)
+
+    report = await t1.erasures.purge(now=time.time())
+    assert sorted(report.resurrected) == sorted(ids)
+    assert await live.find({}) == []
+    assert len(await store.tenant("t2", "customers").find({})) == len(ids)
+    assert (await t2.erasures.purge(now=time.time())).resurrected == []
+    assert (await t1.erasures.purge(now=time.time())).resurrected == []  # done

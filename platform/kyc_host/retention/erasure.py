@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from kyc_host import audit
 from kyc_host.crypto.records import TenantCipher
 from kyc_host.retention.config import Retention
-from kyc_host.store.base import Doc, Store, gt, in_, lte, ne
+from kyc_host.store.base import Doc, Store, gte, in_, lte, ne
 from kyc_host.store.customers import COLLECTION as CUSTOMERS
 from kyc_host.store.customers import CustomerRecord, CustomerRepository
 from kyc_host.store.files import FileRepository
@@ -281,14 +281,37 @@ class Erasures:
     async def _sweep_resurrected(self, at: float, report: PurgeReport, dry_run: bool) -> None:
         """A PUT that loaded a customer before its DELETE may write the record back after
         it: such a record is unreachable (its identities are gone) but would keep its data
-        key. Erased ids are checked against the live collection and removed again."""
-        recent = await self._erasures.find(
-            {"state": "shredded", "shredded_at": gt(at - RESURRECTION_WINDOW)}, limit=BATCH)
-        held = await self._erasures.find({"state": "held"}, limit=BATCH)
-        for doc in [*recent, *held]:
-            customer_id = str(doc["_id"])
-            if await self._customers.find_one({"_id": customer_id}) is None:
-                continue
+        key. The ids erased within :data:`RESURRECTION_WINDOW` -- shredded at once, or held
+        -- are checked against the live collection, every one of them (it used to be the
+        first batch of each: a day with more erasures left the others unchecked), and a
+        record found is removed again. Held records erased earlier were checked in the
+        runs of their first day, and their shredding removes a live record too."""
+        since = at - RESURRECTION_WINDOW
+        # A shredded tombstone's shred_after is its shredding time: the (state, shred_after)
+        # index serves the query.
+        for state, key in (("shredded", "shred_after"), ("held", "deleted_at")):
+            async for customer_id in self._erased_since(state, key, since):
+                await self._remove_resurrected(customer_id, report, dry_run)
+
+    async def _erased_since(self, state: str, key: str, since: float) -> AsyncIterator[str]:
+        """The ids of the markers in ``state`` whose ``key`` is at or after ``since``, oldest
+        first, a batch at a time."""
+        seen: set[str] = set()
+        while True:
+            docs = await self._erasures.find({"state": state, key: gte(since)},
+                                             sort=[(key, 1)], limit=BATCH, fields=[key])
+            fresh = [str(d["_id"]) for d in docs if str(d["_id"]) not in seen]
+            for customer_id in fresh:
+                seen.add(customer_id)
+                yield customer_id
+            if len(docs) < BATCH or not fresh:
+                return
+            since = float(docs[-1][key])  # gte: the ones at this time again, seen
+            await asyncio.sleep(0)
+
+    async def _remove_resurrected(self, customer_id: str, report: PurgeReport,
+                                  dry_run: bool) -> None:
+        if await self._customers.find_one({"_id": customer_id}) is not None:
             report.resurrected.append(customer_id)
             if not dry_run:
                 for name in _BY_CUSTOMER:
