@@ -13,6 +13,7 @@ import pytest
 from kyc_host.crypto.aead import DecryptionError
 from kyc_host.crypto.records import TenantCipher
 from kyc_host.sep.sep12_types import CustomerStatus, Decision, FieldDecision, FieldStatus
+from kyc_host.store import files as files_module
 from kyc_host.store.base import Store
 from kyc_host.store.customers import CustomerRepository, Verification, new_id
 from kyc_host.store.files import CHUNK_BYTES, FileRepository
@@ -220,3 +221,33 @@ async def test_expired_files_their_customers_record_names_are_attached_not_delet
     # t2's file was not t1's purge's to touch; t2's own purge deletes it (no record names it).
     assert await other_tenant.get(theirs.id) is not None
     assert await other_tenant.purge_expired(later) == (1, 0)
+
+
+async def test_the_purge_goes_through_every_expired_file_a_batch_at_a_time(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One batch per run (an hour) let a tenant whose wallets leave more uploads unattached
+    fall behind for good. With batches of 3: every expired file of t1 goes in one run, the
+    ones t1's records name are attached instead, an unexpired one stays, and t2's expired
+    file is not t1's purge's."""
+    monkeypatch.setattr(files_module, "PURGE_BATCH", 3)
+    files, theirs = FileRepository(store, "t1", cipher("t1")), FileRepository(store, "t2",
+                                                                            cipher("t2"))
+    expired = [await files.create(f"%PDF-{n}".encode(), "application/pdf", owner_ix="o",
+                                  account_ix="a", customer_id="c1" if n < 2 else None)
+               for n in range(8)]
+    fresh = await files.create(b"%PDF-fresh", "application/pdf", owner_ix="o", account_ix="a")
+    t2_file = await theirs.create(b"%PDF-t2", "application/pdf", owner_ix="o", account_ix="a")
+    past = time.time() - 1
+    for repo, info in [*((files, f) for f in expired), (theirs, t2_file)]:
+        await store.tenant(repo.tenant_id, "files").update_one(
+            {"_id": info.id}, set={"expires_at": past})
+    await store.tenant("t1", "customers").insert_one(  # names two: a PUT cut before attaching
+        {"_id": "c1", "files": [{"name": "photo_id_front", "file_id": expired[0].id},
+                                {"name": "photo_id_back", "file_id": expired[1].id}]})
+    assert await files.purge_expired() == (6, 2)
+    left = [await files.get(f.id) for f in expired]
+    assert [info is not None for info in left] == [True] * 2 + [False] * 6
+    assert [info.expires_at for info in left[:2] if info is not None] == [None, None]
+    assert await files.read(fresh.id) == b"%PDF-fresh"
+    assert await theirs.read(t2_file.id) == b"%PDF-t2"
+    assert await files.purge_expired() == (0, 0)

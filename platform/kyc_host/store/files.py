@@ -24,6 +24,7 @@ so a 10 MB upload does not stall the event loop for other tenants.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -59,6 +60,8 @@ _CRYPTO = ThreadPoolExecutor(2, thread_name_prefix="file-crypto")
 QUEUE_TIMEOUT_SECONDS = bounded.QUEUE_TIMEOUT_SECONDS
 #: How long an uploaded file that no customer references is kept (SEP-12 ``expires_at``).
 UNATTACHED_TTL_SECONDS = 24 * 3600
+#: Expired files the purge reads at a time (``FileRepository.purge_expired``).
+PURGE_BATCH = 1000
 #: A journal entry older than this belongs to a create or delete that was interrupted (both
 #: take seconds at most: every store call is bounded), so its leftover chunks may go.
 JOURNAL_GRACE_SECONDS = 10 * 60
@@ -214,20 +217,32 @@ class FileRepository:
         names, which are attached instead. A PUT writes the record before it attaches the
         files the record names, so a PUT cut before its record's write leaves only files
         that expire, and one cut between the two leaves named files this finds. Returns
-        (files deleted, files attached)."""
+        (files deleted, files attached).
+
+        A batch of :data:`PURGE_BATCH` at a time until none is left: one batch per run (an
+        hour by default) let a tenant whose wallets leave more uploads unattached fall
+        further behind each hour, for good."""
         cutoff = time.time() if now is None else now
-        docs = [d for d in await self._files.find({"expires_at": lt(cutoff)}, limit=1000)
-                if d.get("expires_at")]
-        named = await self._named(d.get("customer_id") for d in docs)
-        attached = 0
-        expired = []
-        for doc in docs:
-            if (str(doc.get("customer_id")), str(doc["_id"])) in named:
-                await self.attach(str(doc["_id"]), str(doc["customer_id"]))
-                attached += 1
-            else:
-                expired.append(str(doc["_id"]))
-        return await self.delete(expired, expired_before=cutoff), attached
+        deleted = attached = 0
+        seen: set[str] = set()
+        while True:
+            batch = await self._files.find({"expires_at": lt(cutoff)}, limit=PURGE_BATCH)
+            docs = [d for d in batch if d.get("expires_at") and str(d["_id"]) not in seen]
+            seen.update(str(d["_id"]) for d in docs)
+            named = await self._named(d.get("customer_id") for d in docs)
+            expired = []
+            for doc in docs:
+                if (str(doc.get("customer_id")), str(doc["_id"])) in named:
+                    await self.attach(str(doc["_id"]), str(doc["customer_id"]))
+                    attached += 1
+                else:
+                    expired.append(str(doc["_id"]))
+            deleted += await self.delete(expired, expired_before=cutoff)
+            # A short batch was the last; one of files already seen (a delete that found a
+            # file claimed meanwhile leaves it, renewed) makes no progress: stop there too.
+            if len(batch) < PURGE_BATCH or not docs:
+                return deleted, attached
+            await asyncio.sleep(0)  # the loop's ready work (requests) runs between batches
 
     async def as_referenced(self, files: Sequence[FileInfo]) -> list[FileInfo]:
         """``files`` as SEP-12 describes them to the wallet: one that its customer's record
