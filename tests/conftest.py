@@ -257,7 +257,9 @@ class RunningServer:
 
     async def close(self) -> None:
         self.client.close()
-        await self.server.stop(1.0)
+        # Nothing connects to a test's server as it stops: no handshake grace (0.2 s a
+        # server, over every test; tests/faults/test_drain_handshakes.py tests it).
+        await self.server.stop(1.0, handshake_grace=0.0)
 
 
 MakeServer = Callable[..., Awaitable[RunningServer]]

@@ -47,7 +47,7 @@ from kyc_host.tenancy.registry import TenantRegistry
 from kyc_host.tenancy.service import TenantService, read_tenant_files
 from kyc_host.web.base import AdminNotFoundHandler, NotFoundHandler, log_request
 from kyc_host.web.routes import admin_routes, public_routes
-from kyc_host.web.serving import ServingHTTPServer
+from kyc_host.web.serving import HANDSHAKE_GRACE_SECONDS, ServingHTTPServer
 from kyc_host.web.turns import LoopTurns, TurnTakingLoop
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,9 @@ class Server:
         self.services.turns.mark(tenant.id)  # the connection works for it from here on
         return self.services.turns.turn(tenant.id)
 
-    def start(self, public: list[socket.socket], admin: list[socket.socket]) -> None:
+    def start(self, public: list[socket.socket], admin: list[socket.socket], *,
+              shared: bool = False) -> None:
+        """Serve on these listening sockets; ``shared``: other processes hold them too."""
         for app, sockets in ((make_public_app(self.services), public),
                              (make_admin_app(self.services), admin)):
             settings = self.services.settings
@@ -199,6 +201,7 @@ class Server:
                                        body_timeout=settings.body_timeout_seconds,
                                        header_timeout=settings.header_timeout_seconds,
                                        turn_for=self._turn_for if sockets is public else None)
+            server.refuse_handshakes = not shared
             server.add_sockets(sockets)
             self.http_servers.append(server)
         self.services.registry.start()
@@ -210,19 +213,22 @@ class Server:
         self.loop_lag.start()
         self.services.loop_lag = self.loop_lag
 
-    async def stop(self, grace_seconds: float) -> None:
+    async def stop(self, grace_seconds: float,
+                   handshake_grace: float = HANDSHAKE_GRACE_SECONDS) -> None:
         """Stop accepting, wait (bounded) for in-flight requests, close everything.
 
         A request is in flight from its first byte to the end of its response, so neither a
         body still arriving nor a connection accepted a moment before is cut
         (web/serving.py); new connections are refused. The callback worker and the purge
         job stop meanwhile, so the whole stop takes about ``grace_seconds`` at most (F9:
-        exit within 25 s of SIGTERM with the default 20).
+        exit within 25 s of SIGTERM with the default 20). ``handshake_grace``: see
+        ``ServingHTTPServer.drain``.
         """
         self.services.draining = True
         deadline = time.monotonic() + grace_seconds
         background = asyncio.ensure_future(self._stop_background(grace_seconds))
-        drained = await asyncio.gather(*(s.drain(deadline) for s in self.http_servers))
+        drained = await asyncio.gather(*(s.drain(deadline, handshake_grace)
+                                         for s in self.http_servers))
         # Handlers count themselves too (BaseHandler.prepare .. on_finish).
         idle = (self.services.inflight.count == 0
                 or await self.services.inflight.wait_idle(max(0.01, deadline - time.monotonic())))
@@ -311,7 +317,7 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     server = Server(services)
-    server.start(public, admin)
+    server.start(public, admin, shared=listeners is not None)
     served = len(services.registry.served())
     if settings.serve_tenants != ("*",):
         log.info("serve_tenants %s: %d of %d tenant(s)", ",".join(settings.serve_tenants),

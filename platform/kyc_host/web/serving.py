@@ -166,6 +166,9 @@ class ServingHTTPServer(HTTPServer):
         self.header_timeout = header_timeout
         self.turn_for = turn_for
         self.draining = False
+        #: False for listening sockets other processes hold too (inherited from the
+        #: supervisor): the filter is on the socket, so it would stop their accepting too.
+        self.refuse_handshakes = True
         self._states: dict[HTTP1ServerConnection, _ConnState] = {}
         self._listening: list[socket.socket] = []
         self._sweeper: asyncio.Task[None] | None = None
@@ -267,11 +270,14 @@ class ServingHTTPServer(HTTPServer):
 
     # --- graceful drain ---
 
-    async def drain(self, deadline: float) -> bool:
+    async def drain(self, deadline: float,
+                    handshake_grace: float = HANDSHAKE_GRACE_SECONDS) -> bool:
         """Stop accepting, let every request that began finish, then close idle connections.
 
         ``deadline`` is a ``time.monotonic()`` value. True once no connection is inside a request,
         False if the deadline came first (the caller then closes what is left).
+        ``handshake_grace``: how long the listeners, taking no new connections, go on
+        accepting before they close (0: closed at once; a server no client is connecting to).
         """
         self.draining = True
         # New requests on open connections are answered with "Connection: close" ...
@@ -280,10 +286,9 @@ class ServingHTTPServer(HTTPServer):
         for state in self._states.values():
             if state.busy and isinstance(state.request, HTTP1Connection):
                 state.request._disconnect_on_finish = True
-        if self._refuse_handshakes():
+        if handshake_grace > 0 and self.refuse_handshakes and self._refuse_handshakes():
             # Tornado's accept handlers still run: what completes now is served.
-            await asyncio.sleep(max(0.0, min(HANDSHAKE_GRACE_SECONDS,
-                                             deadline - time.monotonic())))
+            await asyncio.sleep(max(0.0, min(handshake_grace, deadline - time.monotonic())))
         self.stop()
         idle_until = time.monotonic() + IDLE_GRACE_SECONDS
         while self._connections:
