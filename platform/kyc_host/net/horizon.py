@@ -155,10 +155,13 @@ class _KeepAlivePool:
         self._open: set[IOStream] = set()
         self._closed = False
         self._ssl = ssl.create_default_context()
-        self._pruned_at = time.monotonic()
+        self._prune_timer: asyncio.TimerHandle | None = None
 
     def close(self) -> None:
         self._closed = True
+        if self._prune_timer is not None:
+            self._prune_timer.cancel()
+            self._prune_timer = None
         for stream in list(self._open):
             stream.close()
         self._open.clear()
@@ -247,23 +250,30 @@ class _KeepAlivePool:
 
     def _finish(self, origin: tuple[str, str, int], stream: IOStream,
                 response: _Response) -> tuple[int, bytes]:
-        now = time.monotonic()
-        if now - self._pruned_at >= IDLE_SECONDS:
-            self._prune(now)
         idle = self._idle.setdefault(origin, [])
         if (response.keep_alive and not self._closed and not stream.closed()
                 and len(idle) < MAX_IDLE_PER_ORIGIN):
             idle.append((time.monotonic(), stream))
+            if self._prune_timer is None:
+                self._prune_timer = asyncio.get_running_loop().call_later(
+                    IDLE_SECONDS, self._on_prune_timer)
         else:
             self._drop(stream)
         return response.code, b"".join(response.chunks)
 
 
+    def _on_prune_timer(self) -> None:
+        """Every IDLE_SECONDS while connections are idle: close those idle too long, of every
+        origin. An origin no lookup goes to any more (a tenant that changed its Horizon URL,
+        or was offboarded) never reaches ``_take`` again: its idle connections stayed open,
+        up to 16 a Horizon, for good."""
+        self._prune_timer = None
+        self._prune(time.monotonic())
+        if self._idle and not self._closed:
+            self._prune_timer = asyncio.get_running_loop().call_later(
+                IDLE_SECONDS, self._on_prune_timer)
+
     def _prune(self, now: float) -> None:
-        """Close the connections idle too long, of every origin. An origin no lookup goes to
-        any more (a tenant that changed its Horizon URL, or was offboarded) never reaches
-        ``_take`` again: its idle connections stayed open, up to 16 a Horizon, for good."""
-        self._pruned_at = now
         for origin, streams in list(self._idle.items()):
             fresh = [(since, s) for since, s in streams
                      if now - since < IDLE_SECONDS and not s.closed()]
