@@ -432,11 +432,16 @@ def _tenant_delete(args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
     async def go() -> int:
+        from kyc_host.crypto.jobs import JobBusy
         from kyc_host.management.tenants import offboard_tenant
 
         services = await _with_services(args)
         try:
             record = await offboard_tenant(services, args.tenant_id, "cli")
+        except JobBusy:
+            print(f"kyc-host: tenant {args.tenant_id!r} is being offboarded by another run; "
+                  "it finishes on its own", file=sys.stderr)
+            return 1
         finally:
             await services.store.close()
         if record is None:  # never existed, or already deleted

@@ -17,10 +17,13 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
+
 from conftest import MakeServer, RunningServer
 from kyc_host.callbacks.outbox import Outbox
-from kyc_host.crypto.jobs import Checkpoint
+from kyc_host.crypto.jobs import Checkpoint, JobBusy
 from kyc_host.crypto.rotation import rotate_job_id
+from kyc_host.errors import ConfigError
 from kyc_host.management.tenants import offboard_tenant
 from kyc_host.retention.purge import PurgeLoop
 from kyc_host.store.mongo import MongoStore
@@ -40,8 +43,10 @@ async def counts(srv: RunningServer, tenant_id: str) -> dict[str, int]:
 async def platform_leftovers(srv: RunningServer, tenant_id: str) -> list[str]:
     """The tenant's documents in platform collections that offboarding must clear."""
     store = srv.services.store
+    # (The lease of an offboarding under way is its own, released when it returns.)
     left = [f"key_jobs/{d['_id']}" for d in await store.platform("key_jobs").find({})
-            if str(d["_id"]).split(":")[1] == tenant_id]
+            if str(d["_id"]).split(":")[1] == tenant_id
+            and str(d["_id"]) != f"offboard:{tenant_id}:lease"]
     if await store.platform("outbox_wake").find_one({"_id": tenant_id}) is not None:
         left.append(f"outbox_wake/{tenant_id}")
     left += [f"tenant_hosts/{d['_id']}"
@@ -159,3 +164,38 @@ async def test_purge_loop_skips_a_tenant_offboarded_while_it_ran(
     assert [(r.tenant, r.kek_rotated) for r in reports] == [("t1", True)]
     assert await counts(srv, "t2") == {}  # no review-queue checkpoint written for it
     assert not await tenant_database_exists(srv, "t2")
+
+
+async def test_while_it_is_offboarded_the_id_cannot_be_applied_nor_offboarded_again(
+        make_server: MakeServer) -> None:
+    """During the wait, applying the id again made a new tenant that inherited the other
+    processes' late writes (the second drop then saw an active tenant and left them), and a
+    second offboarding call dropped, audited and answered again. Both are refused now; once
+    the run has finished, the id can be applied again, and t2 is untouched throughout."""
+    srv = await make_server(kyc_doc("t1", ["a.test"], plugin="demo_anchor"),
+                            kyc_doc("t2", ["b.test"], plugin="demo_anchor"),
+                            tenant_refresh_seconds=1.0)
+    store = srv.services.store
+    neighbour = Wallet(srv, "b.test", "t2")
+    neighbour_id = await neighbour.create()
+    running = asyncio.create_task(offboard_tenant(srv.services, "t1", "op-a"))
+
+    async def deleted() -> bool:
+        record = await store.platform("tenants").find_one({"_id": "t1"})
+        return record["status"] == "deleted"
+
+    await wait_until(deleted, "t1 was never marked deleted")
+    with pytest.raises(ConfigError, match="still being offboarded"):
+        await srv.apply(kyc_doc("t1", ["a.test"], plugin="demo_anchor"))
+    with pytest.raises(JobBusy):
+        await offboard_tenant(srv.services, "t1", "op-b")
+    assert not running.done()
+    assert await running is not None
+    assert await store.platform("key_jobs").find_one({"_id": "offboard:t1:lease"}) is None
+    entries = [(e["actor"], e["action"]) for e in await store.platform("platform_audit").find(
+        {"action": "tenant.delete"})]
+    assert entries == [("op-a", "tenant.delete")]
+    await srv.apply(kyc_doc("t1", ["a.test"], plugin="demo_anchor"))
+    assert srv.services.registry.get("t1") is not None
+    assert await counts(srv, "t1") == {}
+    assert (await neighbour.get()).json["id"] == neighbour_id

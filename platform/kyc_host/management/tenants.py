@@ -15,6 +15,7 @@ from typing import Any
 
 from kyc_host import audit
 from kyc_host.audit import iso
+from kyc_host.crypto.jobs import JobBusy, Lease
 from kyc_host.crypto.tenant_keys import settle
 from kyc_host.errors import ApiError, BadRequest, ConfigError, Conflict, NotFound
 from kyc_host.management.auth import forget_tenant
@@ -88,6 +89,18 @@ async def offboard_tenant(services: Services, tenant_id: str, actor: str,
     process has stopped serving the tenant, and the data is dropped once more, with what
     their requests and background jobs wrote after the first drop. Only then is the run
     marked finished; one cut short during the wait is finished by the next call."""
+    # One run at a time (JobBusy for another): a second call during the wait would drop,
+    # audit and answer again.
+    lease = Lease(services.store.platform("key_jobs"), f"offboard:{tenant_id}")
+    await lease.acquire()
+    try:
+        return await _offboard(services, tenant_id, actor, request_id)
+    finally:
+        await lease.release()
+
+
+async def _offboard(services: Services, tenant_id: str, actor: str,
+                    request_id: str | None) -> dict[str, Any] | None:
     record = await services.tenants.offboard(tenant_id)
     if record is None:
         return None
@@ -186,7 +199,12 @@ class TenantHandler(_TenantBase):
     async def delete(self, tenant_id: str) -> None:
         """Offboard: the tenant stops being served, its keys are destroyed, its data dropped."""
         await self._changeable(tenant_id)
-        await offboard_tenant(self.services, tenant_id, self.principal.actor, self.request_id)
+        try:
+            await offboard_tenant(self.services, tenant_id, self.principal.actor,
+                                  self.request_id)
+        except JobBusy:
+            raise Conflict(f"tenant {tenant_id!r} is being offboarded by another request"
+                           ) from None
         self.set_status(204)
         self.finish()
 

@@ -105,6 +105,13 @@ class TenantService:
 
     async def _check(self, doc: TenantDocument, current: Mapping[str, Any] | None) -> None:
         cfg = doc.config
+        if (current is not None and current.get("status") == "deleted"
+                and not current.get("offboard_finished")):
+            # Its offboarding is still waiting for other processes' late writes (or was cut
+            # short): the id's data is not dropped for the last time yet.
+            raise ConfigError(doc.source, "id", "tenant is still being offboarded; apply it "
+                              "once `kyc-host tenant delete ID --yes` has finished (run it "
+                              "again if it was interrupted)", cfg.id)
         if current is not None and current.get("status") != "deleted":
             kind, new_kind = current["manager"].split(":")[0], doc.manager.split(":")[0]
             if kind != new_kind:
