@@ -21,6 +21,7 @@ import pytest
 
 from conftest import MakeServer, RunningServer
 from kyc_host.callbacks.outbox import Outbox
+from kyc_host.crypto import jobs
 from kyc_host.crypto.jobs import Checkpoint, JobBusy
 from kyc_host.crypto.rotation import rotate_job_id
 from kyc_host.errors import ConfigError
@@ -199,3 +200,19 @@ async def test_while_it_is_offboarded_the_id_cannot_be_applied_nor_offboarded_ag
     assert srv.services.registry.get("t1") is not None
     assert await counts(srv, "t1") == {}
     assert (await neighbour.get()).json["id"] == neighbour_id
+
+
+async def test_the_run_keeps_its_lease_through_a_long_wait(
+        make_server: MakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wait (2 x tenant_refresh_seconds + 1 s) may be longer than one lease: the run
+    renews it, so a second call is still refused at the end of the wait. (Leases of 0.6 s
+    against a 3 s wait here.)"""
+    monkeypatch.setattr(jobs, "LEASE_SECONDS", 0.6)
+    srv = await make_server(kyc_doc("t1", ["a.test"]), tenant_refresh_seconds=1.0)
+    running = asyncio.create_task(offboard_tenant(srv.services, "t1", "op-a"))
+    await asyncio.sleep(2.0)
+    assert not running.done()
+    with pytest.raises(JobBusy):
+        await offboard_tenant(srv.services, "t1", "op-b")
+    assert await running is not None
+    assert await offboard_tenant(srv.services, "t1", "op-b") is None  # finished: gone

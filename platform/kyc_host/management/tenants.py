@@ -10,13 +10,16 @@ process picks the change up within ``tenant_refresh_seconds`` (registry.py polls
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from kyc_host import audit
 from kyc_host.audit import iso
+from kyc_host.crypto import jobs
 from kyc_host.crypto.jobs import JobBusy, Lease
-from kyc_host.crypto.tenant_keys import settle
+from kyc_host.crypto.tenant_keys import settle_seconds
 from kyc_host.errors import ApiError, BadRequest, ConfigError, Conflict, NotFound
 from kyc_host.management.auth import forget_tenant
 from kyc_host.management.base import (
@@ -94,20 +97,25 @@ async def offboard_tenant(services: Services, tenant_id: str, actor: str,
     lease = Lease(services.store.platform("key_jobs"), f"offboard:{tenant_id}")
     await lease.acquire()
     try:
-        return await _offboard(services, tenant_id, actor, request_id)
+        return await _offboard(services, tenant_id, actor, request_id, lease)
     finally:
         await lease.release()
 
 
 async def _offboard(services: Services, tenant_id: str, actor: str,
-                    request_id: str | None) -> dict[str, Any] | None:
+                    request_id: str | None, lease: Lease) -> dict[str, Any] | None:
     record = await services.tenants.offboard(tenant_id)
     if record is None:
         return None
     await forget_tenant(services.store, tenant_id)
     services.token_cache.forget(tenant=tenant_id)
     await services.registry.refresh()
-    await settle(services.settings.tenant_refresh_seconds)
+    # The settle interval, with the lease renewed through it (it may be longer than one
+    # lease: 2 x tenant_refresh_seconds + 1 s).
+    end = time.monotonic() + settle_seconds(services.settings.tenant_refresh_seconds)
+    while (left := end - time.monotonic()) > 0:
+        await asyncio.sleep(min(left, jobs.LEASE_SECONDS / 3))
+        await lease.renew()
     if await services.tenants.drop_late_writes(tenant_id):
         await forget_tenant(services.store, tenant_id)  # a token created meanwhile
     # The tenant's own log went with its data; the proof of deletion is in the platform log.
