@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from kyc_host import audit
 from kyc_host.crypto.records import TenantCipher
 from kyc_host.retention.config import Retention
-from kyc_host.store.base import Doc, Store, gte, in_, lte, ne
+from kyc_host.store.base import Doc, Store, fresh_batches, gte, in_, lte, ne
 from kyc_host.store.customers import COLLECTION as CUSTOMERS
 from kyc_host.store.customers import CustomerRecord, CustomerRepository
 from kyc_host.store.files import FileRepository
@@ -242,13 +242,13 @@ class Erasures:
         due = {"state": "held", "shred_after": lte(at)}
         report.paused = [str(d["_id"]) for d in await self._erasures.find(
             {**due, "legal_hold": True}, sort=[("shred_after", 1)], limit=BATCH, fields=[])]
-        seen: set[str] = set()
-        while True:
-            docs = await self._erasures.find({**due, "legal_hold": ne(True)},
-                                             sort=[("shred_after", 1)], limit=BATCH)
-            fresh = [d for d in docs if str(d["_id"]) not in seen]
-            for doc in fresh:
-                seen.add(str(doc["_id"]))
+
+        def batch() -> Awaitable[list[Doc]]:
+            return self._erasures.find({**due, "legal_hold": ne(True)},
+                                       sort=[("shred_after", 1)], limit=BATCH)
+
+        async for docs in fresh_batches(batch, BATCH):
+            for doc in docs:
                 report.shredded.append(str(doc["_id"]))
                 if not dry_run:
                     # Rotations re-wrapped the held key since: name the version that wraps it now.
@@ -256,11 +256,8 @@ class Erasures:
                     await self._shred(str(doc["_id"]), list(doc.get("files", [])),
                                       int(wrapped.get("v") or doc.get("kek_version") or 0),
                                       held_since=float(doc.get("deleted_at", at)), actor=actor)
-            # A short batch was the last. A dry run would read the same batch again, and a
-            # batch of records this run shredded already makes no progress: stop there too.
-            if len(docs) < BATCH or not fresh or dry_run:
+            if dry_run:  # it would read the same batch again
                 return
-            await asyncio.sleep(0)  # the loop's ready work (requests) runs between batches
 
     async def exposed(self, held_versions: list[int]) -> int:
         """Shredded customers whose data key was wrapped by a KEK version the tenant still

@@ -19,9 +19,10 @@ use the small :class:`Cmp` type instead (``{"due": lte(now)}``).
 
 from __future__ import annotations
 
+import asyncio
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -196,6 +197,25 @@ class Store(ABC):
     @property
     def backend_name(self) -> str:
         return type(self).__name__.removesuffix("Store").lower()
+
+
+async def fresh_batches(find: Callable[[], Awaitable[list[Doc]]],
+                        limit: int) -> AsyncIterator[list[Doc]]:
+    """The documents of repeated calls of ``find`` (a query returning at most ``limit``), a
+    batch at a time, each without those of earlier batches; for work whose handling takes a
+    document out of the query's result (a purge, a shredding). It ends after a short batch,
+    or one with nothing new (what is left was handled and stayed: no progress), and lets the
+    event loop's ready work (requests) run between batches."""
+    seen: set[str] = set()
+    while True:
+        batch = await find()
+        fresh = [d for d in batch if str(d["_id"]) not in seen]
+        seen.update(str(d["_id"]) for d in fresh)
+        if fresh:
+            yield fresh
+        if len(batch) < limit or not fresh:
+            return
+        await asyncio.sleep(0)
 
 
 def check_field(name: str) -> str:

@@ -24,16 +24,15 @@ so a 10 MB upload does not stall the event loop for other tenants.
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from kyc_host.crypto.records import RecordCipher, TenantCipher
 from kyc_host.store import bounded
-from kyc_host.store.base import Doc, Store, StoreError, in_, lt
+from kyc_host.store.base import Doc, Store, StoreError, fresh_batches, in_, lt
 from kyc_host.store.customers import new_id
 
 T = TypeVar("T")
@@ -224,11 +223,12 @@ class FileRepository:
         further behind each hour, for good."""
         cutoff = time.time() if now is None else now
         deleted = attached = 0
-        seen: set[str] = set()
-        while True:
-            batch = await self._files.find({"expires_at": lt(cutoff)}, limit=PURGE_BATCH)
-            docs = [d for d in batch if d.get("expires_at") and str(d["_id"]) not in seen]
-            seen.update(str(d["_id"]) for d in docs)
+
+        def batch() -> Awaitable[list[Doc]]:
+            return self._files.find({"expires_at": lt(cutoff)}, limit=PURGE_BATCH)
+
+        async for found in fresh_batches(batch, PURGE_BATCH):
+            docs = [d for d in found if d.get("expires_at")]
             named = await self._named(d.get("customer_id") for d in docs)
             expired = []
             for doc in docs:
@@ -238,11 +238,7 @@ class FileRepository:
                 else:
                     expired.append(str(doc["_id"]))
             deleted += await self.delete(expired, expired_before=cutoff)
-            # A short batch was the last; one of files already seen (a delete that found a
-            # file claimed meanwhile leaves it, renewed) makes no progress: stop there too.
-            if len(batch) < PURGE_BATCH or not docs:
-                return deleted, attached
-            await asyncio.sleep(0)  # the loop's ready work (requests) runs between batches
+        return deleted, attached
 
     async def as_referenced(self, files: Sequence[FileInfo]) -> list[FileInfo]:
         """``files`` as SEP-12 describes them to the wallet: one that its customer's record
